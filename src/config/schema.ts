@@ -1,0 +1,180 @@
+import { z } from "zod";
+
+/**
+ * The one declarative configuration of the gateway. The JSON Schema published in
+ * `docs/config.schema.json` is generated from this file (`npm run schema`), so the
+ * two cannot drift.
+ */
+
+const priorityRef = z.union([z.string().min(1), z.number().int()]);
+
+const modelEntry = z.union([
+  z.string().min(1).describe("A model name the backend serves under the same name."),
+  z
+    .object({
+      name: z.string().min(1).describe("The model name clients ask for."),
+      deployment: z
+        .string()
+        .min(1)
+        .optional()
+        .describe("The backend's own deployment or model name, when it differs."),
+    })
+    .strict(),
+]);
+
+const auth = z.discriminatedUnion("type", [
+  z
+    .object({
+      type: z.literal("api-key"),
+      key: z.string().min(1).describe("The key; use ${ENV_VAR} to keep secrets out of the file."),
+      header: z
+        .string()
+        .min(1)
+        .optional()
+        .describe("Header that carries the key. Default by kind: api-key (azure-openai), ocp-apim-subscription-key (apim), x-api-key (anthropic), Authorization: Bearer (openai)."),
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal("bearer"),
+      token: z.string().min(1).describe("Sent as Authorization: Bearer <token>."),
+    })
+    .strict(),
+  z.object({ type: z.literal("none") }).strict(),
+]);
+
+const backend = z
+  .object({
+    name: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' or '-'")
+      .describe("Unique name; reported in x-sluice-backend and usable as x-backend-affinity."),
+    url: z.url().describe("Base URL: scheme, host, port and an optional path prefix."),
+    kind: z
+      .enum(["openai", "azure-openai", "apim", "anthropic"])
+      .default("openai")
+      .describe("Request shape the backend expects."),
+    models: z
+      .array(modelEntry)
+      .min(1)
+      .default(["*"])
+      .describe("Models served. '*' serves any model. An entry may rename the model to the backend's deployment."),
+    group: z.number().int().min(1).default(1).describe("Priority group: lower groups are used first (PTU = 1, pay-as-you-go = 2)."),
+    priorities: z
+      .array(priorityRef)
+      .min(1)
+      .optional()
+      .describe("Request priorities this backend accepts (names or numbers). Default: all."),
+    weight: z.number().positive().default(1).describe("Share for weighted round-robin."),
+    maxConcurrency: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe("In-flight requests allowed at once. Default: unlimited."),
+    timeoutMs: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe("Per-attempt time allowed until response headers. Default: resilience.timeoutMs."),
+    apiVersion: z
+      .string()
+      .optional()
+      .describe("api-version used when an OpenAI-path request is sent to an azure-openai or apim backend."),
+    auth: auth.optional().describe("Credentials the gateway sends. Omitted: none."),
+  })
+  .strict();
+
+const breaker = z
+  .object({
+    failureThreshold: z.number().int().positive().default(5).describe("Consecutive failures that open the circuit."),
+    openMs: z.number().int().positive().default(30_000).describe("How long the circuit stays open before one half-open probe."),
+  })
+  .strict();
+
+const resilience = z
+  .object({
+    failoverOn: z
+      .array(z.number().int().min(100).max(599))
+      .default([408, 429, 500, 502, 503, 504])
+      .describe("Upstream statuses that fail over to the next backend. Connection errors, resets before the first byte and timeouts always fail over."),
+    cooldownOn: z
+      .array(z.number().int().min(100).max(599))
+      .default([429, 503])
+      .describe("Statuses that put the backend in cooldown (from Retry-After and friends, else defaultCooldownMs)."),
+    defaultCooldownMs: z.number().int().nonnegative().default(10_000),
+    timeoutMs: z.number().int().positive().default(30_000).describe("Default per-attempt timeout until response headers."),
+    maxAttempts: z.number().int().positive().optional().describe("Attempts per request. Default: every eligible backend once."),
+    breaker: breaker.prefault({}),
+  })
+  .strict();
+
+const routing = z
+  .object({
+    strategy: z
+      .enum(["latency", "weighted-round-robin", "round-robin", "random"])
+      .default("latency")
+      .describe("How a backend is chosen within a priority group."),
+    latencyExploration: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.1)
+      .describe("Share of requests (latency strategy) sent to a random backend so that a recovered backend is measured again."),
+    latencyAlpha: z.number().gt(0).max(1).default(0.3).describe("Weight of the newest time-to-first-byte sample in the moving average."),
+    affinity: z.boolean().default(true).describe("Honour x-backend-affinity from clients and return it on responses."),
+  })
+  .strict();
+
+const priorities = z
+  .object({
+    levels: z
+      .record(z.string().regex(/^[a-z][a-z0-9_-]*$/), z.number().int())
+      .default({ high: 1, normal: 2, low: 3 })
+      .describe("Priority names and their levels; a lower number is more urgent."),
+    default: priorityRef.default("normal"),
+  })
+  .strict();
+
+const server = z
+  .object({
+    host: z.string().default("0.0.0.0"),
+    port: z.number().int().min(0).max(65535).default(8000),
+    shutdownGraceMs: z.number().int().nonnegative().default(30_000),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    $schema: z.string().optional(),
+    server: server.prefault({}),
+    priorities: priorities.prefault({}),
+    routing: routing.prefault({}),
+    resilience: resilience.prefault({}),
+    backends: z.array(backend).min(1),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Set<string>();
+    cfg.backends.forEach((b, i) => {
+      if (seen.has(b.name)) {
+        ctx.addIssue({ code: "custom", path: ["backends", i, "name"], message: `duplicate backend name "${b.name}"` });
+      }
+      seen.add(b.name);
+      b.priorities?.forEach((p, j) => {
+        if (typeof p === "string" && !(p in cfg.priorities.levels)) {
+          ctx.addIssue({ code: "custom", path: ["backends", i, "priorities", j], message: `unknown priority "${p}"` });
+        }
+      });
+    });
+    const d = cfg.priorities.default;
+    if (typeof d === "string" && !(d in cfg.priorities.levels)) {
+      ctx.addIssue({ code: "custom", path: ["priorities", "default"], message: `unknown priority "${d}"` });
+    }
+  });
+
+export type SluiceConfig = z.output<typeof configSchema>;
+export type SluiceConfigInput = z.input<typeof configSchema>;
+export type BackendConfig = SluiceConfig["backends"][number];
+export type BackendKind = BackendConfig["kind"];

@@ -1,0 +1,109 @@
+import { Hono } from "hono";
+import type { SluiceConfig } from "./config/schema.ts";
+import { BadRequest, classify } from "./classify.ts";
+import { errorResponse } from "./http/errors.ts";
+import { GATEWAY_RESPONSE_HEADERS as H } from "./http/headers.ts";
+import { proxyRequest, stampHeaders, type ProxyContext } from "./proxy/handler.ts";
+import type { FetchLike } from "./proxy/attempt.ts";
+import { BackendPool } from "./routing/pool.ts";
+
+export interface GatewayOptions {
+  config: SluiceConfig;
+  /** Upstream fetch: the runtime's global one, or a pooled client on Node. */
+  fetch?: FetchLike;
+  now?: () => number;
+  random?: () => number;
+}
+
+export interface Gateway {
+  app: Hono;
+  fetch: Hono["fetch"];
+  pool: BackendPool;
+  config: SluiceConfig;
+}
+
+const NO_BODY = new Set(["GET", "HEAD"]);
+
+/** The gateway: one Hono app on Web-standard APIs, the same on every runtime. */
+export function createGateway(options: GatewayOptions): Gateway {
+  const config = options.config;
+  const pool = new BackendPool(config, options.random);
+  const ctx: ProxyContext = {
+    config,
+    pool,
+    fetch: options.fetch ?? ((input, init) => fetch(input, init)),
+    now: options.now ?? Date.now,
+  };
+  const app = new Hono();
+
+  app.get("/liveness", (c) => c.text("ok"));
+  app.get("/startup", (c) => c.text("ok"));
+  app.get("/readiness", (c) => {
+    const now = ctx.now();
+    const usable = pool.backends.some((b) => b.breaker.canPass(now));
+    return c.text(usable ? "ready" : "no usable backend", usable ? 200 : 503);
+  });
+  app.get("/_gateway/health", (c) => {
+    const now = ctx.now();
+    return c.json({
+      status: "ok",
+      backends: pool.backends.map((b) => ({
+        name: b.name,
+        group: b.group,
+        inFlight: b.inFlight,
+        breaker: b.breaker.state(now),
+        coolingDownMs: Math.max(0, b.cooldownUntil - now),
+        ttfbMs: b.ttfbMs === undefined ? null : Math.round(b.ttfbMs),
+      })),
+    });
+  });
+  app.get("/v1/models", (c) => {
+    const names = [...new Set(pool.backends.flatMap((b) => b.modelNames()))].sort();
+    return c.json({ object: "list", data: names.map((id) => ({ id, object: "model", owned_by: "sluice" })) });
+  });
+
+  app.all("*", async (c) => {
+    const request = c.req.raw;
+    const requestId = request.headers.get(H.requestId) || crypto.randomUUID();
+    const url = new URL(request.url);
+    const fail = (response: Response) => {
+      stampHeaders(response.headers, requestId, 0, undefined);
+      return response;
+    };
+    const body = NO_BODY.has(request.method) ? null : await request.arrayBuffer();
+    let cls;
+    try {
+      cls = classify(url.pathname, url, request.headers, body, config);
+    } catch (err) {
+      if (err instanceof BadRequest) return fail(errorResponse({ status: 400, code: err.code, message: err.message }));
+      throw err;
+    }
+    const { modelKnown, backends } = pool.eligible(cls.model, cls.priority);
+    if (!modelKnown) {
+      return fail(
+        errorResponse({
+          status: 404,
+          code: "model_not_found",
+          message: cls.model === undefined ? "this request names no model and no backend serves it" : `the model "${cls.model}" is not served by this gateway`,
+        }),
+      );
+    }
+    if (!backends.length) {
+      return fail(
+        errorResponse({
+          status: 503,
+          code: "no_eligible_backend",
+          message: `no backend serves "${cls.model}" at priority ${cls.priority}`,
+        }),
+      );
+    }
+    return proxyRequest(ctx, { request, url, requestId, cls, body, eligible: backends });
+  });
+
+  app.onError((err) => {
+    console.error("sluice: unhandled error", err);
+    return errorResponse({ status: 500, code: "internal_error", message: "the gateway failed to handle this request" });
+  });
+
+  return { app, fetch: app.fetch, pool, config };
+}

@@ -1,0 +1,131 @@
+import type { SluiceConfig } from "../config/schema.ts";
+import type { Classified } from "../classify.ts";
+import { downstreamResponseHeaders, GATEWAY_RESPONSE_HEADERS as H, upstreamRequestHeaders } from "../http/headers.ts";
+import type { AttemptRecord } from "../http/errors.ts";
+import type { Backend } from "../routing/backend.ts";
+import type { BackendPool } from "../routing/pool.ts";
+import { applyCredentials, upstreamTarget } from "../routing/upstream-request.ts";
+import { retryAfterMs } from "../resilience/retry-after.ts";
+import { sendAttempt, type FetchLike } from "./attempt.ts";
+import { exhaustedResponse } from "./exhaustion.ts";
+import { relay } from "./relay.ts";
+
+export interface ProxyContext {
+  config: SluiceConfig;
+  pool: BackendPool;
+  fetch: FetchLike;
+  now: () => number;
+}
+
+export interface ProxyInput {
+  request: Request;
+  url: URL;
+  requestId: string;
+  cls: Classified;
+  body: ArrayBuffer | null;
+  eligible: readonly Backend[];
+}
+
+const CLIENT_GONE = 499;
+
+/**
+ * Runs the attempt loop for one request: pick a free backend (lowest group first), send,
+ * and on a failover outcome move on at once to the next — never sleeping in between.
+ */
+export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promise<Response> {
+  const { config, pool, now } = ctx;
+  const { request, cls, eligible } = input;
+  const res = config.resilience;
+  const maxAttempts = res.maxAttempts ?? eligible.length;
+  const affinity = config.routing.affinity ? (request.headers.get(H.affinity) ?? undefined) : undefined;
+  const baseHeaders = upstreamRequestHeaders(request.headers);
+  const tried = new Set<Backend>();
+  const attempts: AttemptRecord[] = [];
+
+  while (attempts.length < maxAttempts) {
+    const backend = pool.pick(eligible, tried, now(), affinity);
+    if (!backend) break;
+    tried.add(backend);
+    if (!backend.acquire(now())) continue;
+
+    const target = upstreamTarget(backend, cls, input.url, input.body);
+    const headers = new Headers(baseHeaders);
+    applyCredentials(backend, headers);
+    const outcome = await sendAttempt(
+      ctx.fetch,
+      target.url,
+      { method: request.method, headers, body: target.body },
+      backend.timeoutMs,
+      request.signal,
+      now,
+    );
+
+    if (outcome.kind === "client-gone") {
+      backend.release();
+      backend.breaker.onAbandon();
+      return new Response(null, { status: CLIENT_GONE });
+    }
+    if (outcome.kind === "timeout" || outcome.kind === "network") {
+      backend.release();
+      backend.breaker.onFailure(now());
+      attempts.push(
+        outcome.kind === "timeout"
+          ? { backend: backend.name, status: 504, error: `timed out after ${outcome.ms} ms waiting for headers`, ms: outcome.ms }
+          : { backend: backend.name, status: 502, error: outcome.error, ms: outcome.ms },
+      );
+      continue;
+    }
+
+    const upstream = outcome.response;
+    const status = upstream.status;
+    if (res.failoverOn.includes(status)) {
+      outcome.detach();
+      upstream.body?.cancel().catch(() => undefined);
+      backend.release();
+      const at = now();
+      if (res.cooldownOn.includes(status)) backend.coolDown(at + (retryAfterMs(upstream.headers, at) ?? res.defaultCooldownMs));
+      // A throttle says nothing about the backend's health; errors and timeouts do.
+      if (status === 429) backend.breaker.onAbandon();
+      else backend.breaker.onFailure(at);
+      attempts.push({ backend: backend.name, status, ms: outcome.ttfbMs });
+      continue;
+    }
+
+    if (status >= 500) backend.breaker.onFailure(now());
+    else {
+      backend.breaker.onSuccess();
+      backend.recordTtfb(outcome.ttfbMs, config.routing.latencyAlpha);
+    }
+    return respond(upstream, backend, attempts.length + 1, input.requestId, outcome.detach, now);
+  }
+
+  const response = exhaustedResponse(attempts, eligible, now());
+  stampHeaders(response.headers, input.requestId, attempts.length, undefined);
+  return response;
+}
+
+function respond(upstream: Response, backend: Backend, attempts: number, requestId: string, detach: () => void, now: () => number): Response {
+  const headers = downstreamResponseHeaders(upstream.headers);
+  stampHeaders(headers, requestId, attempts, backend.name);
+  const finish = (failed: boolean) => {
+    detach();
+    backend.release();
+    if (failed) backend.breaker.onFailure(now());
+  };
+  let body: ReadableStream<Uint8Array> | null = null;
+  if (upstream.body) {
+    const sse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
+    body = relay(upstream.body, { sse, backend: backend.name, onEnd: (how) => finish(how === "error") });
+  } else finish(false);
+  return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+}
+
+export function stampHeaders(headers: Headers, requestId: string, attempts: number, backend: string | undefined): void {
+  headers.set(H.requestId, requestId);
+  headers.set(H.attempts, String(attempts));
+  headers.set(H.queueMs, "0");
+  if (backend) {
+    headers.set(H.backend, backend);
+    headers.set(H.affinity, backend);
+  }
+}

@@ -1,0 +1,59 @@
+export type RelayEnd = "complete" | "error" | "cancel";
+
+const encoder = new TextEncoder();
+
+/** The SSE event a client gets when its stream breaks after the first byte. */
+export function streamErrorEvent(backend: string): Uint8Array {
+  const error = {
+    message: `the stream from backend ${backend} was interrupted; the response is incomplete`,
+    type: "sluice_error",
+    code: "stream_interrupted",
+  };
+  return encoder.encode(`event: error\ndata: ${JSON.stringify({ error })}\n\n`);
+}
+
+/**
+ * Passes an upstream body to the client chunk by chunk (pull-driven, nothing buffered),
+ * and reports once how it ended. A broken SSE stream ends with an `event: error` and no
+ * `[DONE]`, so a client cannot mistake it for a finished answer; any other broken body
+ * errors the client's stream, so the client sees a truncated transfer.
+ * Cancelling the client side cancels the upstream read at once.
+ */
+export function relay(
+  upstream: ReadableStream<Uint8Array>,
+  options: { sse: boolean; backend: string; onEnd: (how: RelayEnd) => void },
+): ReadableStream<Uint8Array> {
+  const reader = upstream.getReader();
+  let ended = false;
+  const end = (how: RelayEnd) => {
+    if (ended) return;
+    ended = true;
+    options.onEnd(how);
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        let chunk: ReadableStreamReadResult<Uint8Array>;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          end("error");
+          if (options.sse) {
+            controller.enqueue(streamErrorEvent(options.backend));
+            controller.close();
+          } else controller.error(err);
+          return;
+        }
+        if (chunk.done) {
+          end("complete");
+          controller.close();
+        } else controller.enqueue(chunk.value);
+      },
+      cancel(reason) {
+        end("cancel");
+        return reader.cancel(reason).catch(() => undefined);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}

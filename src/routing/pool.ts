@@ -1,0 +1,69 @@
+import type { SluiceConfig } from "../config/schema.ts";
+import { Backend, type Unavailability } from "./backend.ts";
+import { createStrategy, type Strategy, type StrategyContext } from "./strategies.ts";
+
+export interface Eligibility {
+  /** Some backend serves the model at all (else: 404). */
+  modelKnown: boolean;
+  /** Backends serving the model at this priority, lowest group first. */
+  backends: Backend[];
+}
+
+export interface Refusal {
+  /** Why each untried eligible backend could not be used. */
+  reasons: Map<Backend, Unavailability>;
+}
+
+/** All backends of one config version, grouped by priority group. */
+export class BackendPool {
+  readonly backends: Backend[];
+  private readonly strategies = new Map<number, Strategy>();
+  private readonly ctx: StrategyContext;
+
+  constructor(config: SluiceConfig, random: () => number = Math.random) {
+    this.backends = config.backends
+      .map((b) => new Backend(b, config))
+      .sort((a, b) => a.group - b.group);
+    for (const b of this.backends) {
+      if (!this.strategies.has(b.group)) this.strategies.set(b.group, createStrategy(config.routing.strategy));
+    }
+    this.ctx = { random, latencyExploration: config.routing.latencyExploration };
+  }
+
+  byName(name: string): Backend | undefined {
+    return this.backends.find((b) => b.name === name);
+  }
+
+  eligible(model: string | undefined, priority: number): Eligibility {
+    const backends: Backend[] = [];
+    let modelKnown = false;
+    for (const b of this.backends) {
+      if (b.deploymentFor(model) === undefined) continue;
+      modelKnown = true;
+      if (b.acceptsPriority(priority)) backends.push(b);
+    }
+    return { modelKnown, backends };
+  }
+
+  /**
+   * The next backend to try: the affinity backend when it is free, else the strategy's pick
+   * among the free untried backends of the lowest group that has one. Undefined when none is free.
+   */
+  pick(eligible: readonly Backend[], tried: ReadonlySet<Backend>, now: number, affinity?: string): Backend | undefined {
+    if (affinity) {
+      const sticky = eligible.find((b) => b.name === affinity);
+      if (sticky && !tried.has(sticky) && !sticky.unavailable(now)) return sticky;
+    }
+    let group = -1;
+    let free: Backend[] = [];
+    for (const b of eligible) {
+      if (b.group !== group) {
+        if (free.length) break;
+        group = b.group;
+      }
+      if (!tried.has(b) && !b.unavailable(now)) free.push(b);
+    }
+    if (!free.length) return undefined;
+    return free.length === 1 ? free[0] : this.strategies.get(group)!(free, this.ctx);
+  }
+}
