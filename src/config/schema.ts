@@ -40,7 +40,7 @@ const auth = z.discriminatedUnion("type", [
       token: z.string().min(1).describe("Sent as Authorization: Bearer <token>."),
     })
     .strict(),
-  z.object({ type: z.literal("none") }).strict(),
+  z.object({ type: z.literal("none").describe("Send no credentials.") }).strict(),
 ]);
 
 const backend = z
@@ -103,7 +103,12 @@ const resilience = z
       .array(z.number().int().min(100).max(599))
       .default([429, 503])
       .describe("Statuses that put the backend in cooldown (from Retry-After and friends, else defaultCooldownMs)."),
-    defaultCooldownMs: z.number().int().nonnegative().default(10_000),
+    defaultCooldownMs: z
+      .number()
+      .int()
+      .nonnegative()
+      .default(10_000)
+      .describe("Cooldown after a 429/503 that carries no retry header."),
     timeoutMs: z.number().int().positive().default(30_000).describe("Default per-attempt timeout until response headers."),
     maxAttempts: z.number().int().positive().optional().describe("Attempts per request. Default: every eligible backend once."),
     breaker: breaker.prefault({}),
@@ -133,15 +138,20 @@ const priorities = z
       .record(z.string().regex(/^[a-z][a-z0-9_-]*$/), z.number().int())
       .default({ high: 1, normal: 2, low: 3 })
       .describe("Priority names and their levels; a lower number is more urgent."),
-    default: priorityRef.default("normal"),
+    default: priorityRef.default("normal").describe("Priority of a request that names none."),
   })
   .strict();
 
 const server = z
   .object({
-    host: z.string().default("0.0.0.0"),
-    port: z.number().int().min(0).max(65535).default(8000),
-    shutdownGraceMs: z.number().int().nonnegative().default(30_000),
+    host: z.string().default("0.0.0.0").describe("Address the Node server listens on."),
+    port: z.number().int().min(0).max(65535).default(8000).describe("Port the Node server listens on."),
+    shutdownGraceMs: z
+      .number()
+      .int()
+      .nonnegative()
+      .default(30_000)
+      .describe("On SIGTERM: time in-flight requests get to finish before connections are closed."),
   })
   .strict();
 

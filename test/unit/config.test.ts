@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { configJsonSchema } from "../../src/config/json-schema.ts";
+import { configReferenceMarkdown, type JsonSchemaNode } from "../../src/config/reference.ts";
 import { ConfigError, parseConfig, parseConfigText } from "../../src/config/load.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
@@ -51,5 +52,13 @@ describe("config", () => {
     });
     expect(inline.status).toBe(2);
     expect(inline.stderr).toMatch(/backends: Too small/);
+  });
+});
+
+describe("README config reference", () => {
+  it("is the table generated from the schema", () => {
+    const readme = readFileSync(join(root, "README.md"), "utf8");
+    const table = configReferenceMarkdown(configJsonSchema() as JsonSchemaNode);
+    expect(readme).toContain(`<!-- config-reference:start -->\n${table}\n<!-- config-reference:end -->`);
   });
 });
