@@ -33,7 +33,6 @@ import {
   type SimFault,
 } from "./helpers.ts";
 
-const JSON_CT = { "content-type": "application/json" };
 
 /** Status codes that must fail over to the next backend within the same request. */
 const FAILOVER_STATUSES = [408, 500, 502, 503, 504];
@@ -388,8 +387,9 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expect(sseData(events[events.length - 1]!)).toBe("[DONE]");
       });
 
-      it("a backend hanging past the per-attempt timeout fails over", async () => {
-        const { gw, b1, b2 } = await primaryAndSpare({ timeoutMs: 600 });
+      it("a backend hanging past its per-attempt timeout fails over", async () => {
+        // The backend's own timeoutMs overrides resilience.timeoutMs (5 s here); the 504 test covers the global one.
+        const { gw, b1, b2 } = await primaryAndSpare({ timeoutMs: 5_000 }, { b1: { timeoutMs: 600 } });
         await warmUp(gw, [b1, b2]);
         b1.sim.script([{ hang: true }]);
         const r = await expectFailover(gw, b1, b2);
@@ -399,12 +399,14 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
     });
 
     // -----------------------------------------------------------------------------------------
-    describe("429 cooldown", () => {
+    describe("cooldown after 429 / 503", () => {
       interface CooldownCase {
         label: string;
         /** Headers for the 429, the cooldown they mean (ms from now) or an absolute end (epoch ms). */
         make(): { headers: Record<string, string>; ms?: number; endsAt?: number };
         defaultCooldownMs?: number;
+        /** The throttling status; default 429. */
+        status?: number;
       }
       const cases: CooldownCase[] = [
         { label: "retry-after-ms: 2000", make: () => ({ headers: { "retry-after-ms": "2000" }, ms: 2000 }) },
@@ -421,15 +423,16 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         { label: "x-ratelimit-reset-requests: 2s", make: () => ({ headers: { "x-ratelimit-reset-requests": "2s" }, ms: 2000 }) },
         { label: "x-ratelimit-reset-tokens: 1500ms", make: () => ({ headers: { "x-ratelimit-reset-tokens": "1500ms" }, ms: 1500 }) },
         { label: "no header (resilience.defaultCooldownMs 1500)", make: () => ({ headers: {}, ms: 1500 }), defaultCooldownMs: 1500 },
+        { label: "status 503 and retry-after-ms: 1500", make: () => ({ headers: { "retry-after-ms": "1500" }, ms: 1500 }), status: 503 },
       ];
 
       for (const c of cases) {
-        it(`429 with ${c.label}: fails over at once, the backend gets nothing until the cooldown ends, then traffic returns`, async () => {
+        it(`${c.status ? "" : "429 with "}${c.label}: fails over at once, the backend gets nothing until the cooldown ends, then traffic returns`, async () => {
           const { gw, b1, b2 } = await primaryAndSpare({ defaultCooldownMs: c.defaultCooldownMs ?? 10_000 });
           await warmUp(gw, [b1, b2]);
 
           const spec = c.make();
-          b1.sim.script([{ status: 429, headers: spec.headers }]);
+          b1.sim.script([{ status: c.status ?? 429, headers: spec.headers }]);
           const tStart = Date.now();
           const first = await gw.chat();
           const t0 = Date.now();
@@ -474,6 +477,9 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         const r = await gw.chat();
         expect(r.status, r.text).toBe(429);
         expect(r.attempts).toBe(2);
+        // A gateway-made 429 says when to come back (here: when b2's 4 s cooldown ends).
+        expect(r.headers.get("retry-after")).toMatch(/^[1-4]$/);
+        expect(Number(r.headers.get("retry-after-ms"))).toBeLessThanOrEqual(4_000);
         expectAttempts(sluiceError(r), [
           { backend: "b1", status: 429 },
           { backend: "b2", status: 429 },
