@@ -1,4 +1,5 @@
 import type { SluiceConfig } from "./config/schema.ts";
+import type { BodyBytes } from "./proxy/attempt.ts";
 import { resolvePriority } from "./priority.ts";
 
 export type ApiKind = "chat" | "completions" | "embeddings" | "responses" | "messages" | "other";
@@ -39,7 +40,7 @@ function apiKind(operation: string | undefined): ApiKind {
 
 const decoder = new TextDecoder();
 
-function parseJsonObject(body: ArrayBuffer | null): Record<string, unknown> | undefined {
+function parseJsonObject(body: BodyBytes | null): Record<string, unknown> | undefined {
   if (!body || body.byteLength === 0) return undefined;
   try {
     const v: unknown = JSON.parse(decoder.decode(body));
@@ -62,7 +63,7 @@ function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number {
   return resolvePriority(config.priorities.default, levels)!;
 }
 
-export function classify(pathname: string, url: URL, headers: Headers, body: ArrayBuffer | null, config: SluiceConfig): Classified {
+export function classify(pathname: string, url: URL, headers: Headers, body: BodyBytes | null, config: SluiceConfig): Classified {
   let model: string | undefined;
   let operation: string | undefined;
   let azurePath = false;

@@ -4,13 +4,15 @@ import { BadRequest, classify } from "./classify.ts";
 import { errorResponse } from "./http/errors.ts";
 import { GATEWAY_RESPONSE_HEADERS as H } from "./http/headers.ts";
 import { proxyRequest, stampHeaders, type ProxyContext } from "./proxy/handler.ts";
-import type { FetchLike } from "./proxy/attempt.ts";
+import { webUpstream, type BodyBytes, type UpstreamFetch } from "./proxy/attempt.ts";
 import { BackendPool } from "./routing/pool.ts";
 
 export interface GatewayOptions {
   config: SluiceConfig;
-  /** Upstream fetch: the runtime's global one, or a pooled client on Node. */
-  fetch?: FetchLike;
+  /** How backends are called: the global fetch by default, a pooled client on Node. */
+  upstream?: UpstreamFetch;
+  /** Reads the request body; an adapter may read it more cheaply than Request.arrayBuffer(). */
+  readBody?: (request: Request, env: unknown) => Promise<BodyBytes>;
   now?: () => number;
   random?: () => number;
 }
@@ -24,14 +26,17 @@ export interface Gateway {
 
 const NO_BODY = new Set(["GET", "HEAD"]);
 
+const readRequestBody = async (request: Request): Promise<BodyBytes> => new Uint8Array(await request.arrayBuffer());
+
 /** The gateway: one Hono app on Web-standard APIs, the same on every runtime. */
 export function createGateway(options: GatewayOptions): Gateway {
   const config = options.config;
+  const readBody = options.readBody ?? readRequestBody;
   const pool = new BackendPool(config, options.random);
   const ctx: ProxyContext = {
     config,
     pool,
-    fetch: options.fetch ?? ((input, init) => fetch(input, init)),
+    upstream: options.upstream ?? webUpstream(),
     now: options.now ?? Date.now,
   };
   const app = new Hono();
@@ -70,7 +75,7 @@ export function createGateway(options: GatewayOptions): Gateway {
       stampHeaders(response.headers, requestId, 0, undefined);
       return response;
     };
-    const body = NO_BODY.has(request.method) ? null : await request.arrayBuffer();
+    const body = NO_BODY.has(request.method) ? null : await readBody(request, c.env);
     let cls;
     try {
       cls = classify(url.pathname, url, request.headers, body, config);

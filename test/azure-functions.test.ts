@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { HttpRequest } from "@azure/functions";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createFunctionsHandler } from "../adapters/azure-functions/handler.ts";
-import { createUpstreamFetch } from "../adapters/node/upstream.ts";
+import { createUpstreamClient } from "../adapters/node/upstream.ts";
 import { startSimulator, type RunningSimulator } from "../adapters/node/simulator-server.ts";
 import { parseConfig } from "../src/config/load.ts";
 import { createGateway } from "../src/gateway.ts";
@@ -13,7 +13,7 @@ describe("Azure Functions handler (the core through @azure/functions' own HttpRe
   let ptu: RunningSimulator;
   let payg: RunningSimulator;
   let handler: ReturnType<typeof createFunctionsHandler>;
-  const upstream = createUpstreamFetch();
+  const upstream = createUpstreamClient();
 
   beforeAll(async () => {
     ptu = await startSimulator({ name: "ptu" });
@@ -24,7 +24,7 @@ describe("Azure Functions handler (the core through @azure/functions' own HttpRe
         { name: "payg", url: payg.url, kind: "azure-openai", group: 2, models: ["gpt-4o"], auth: { type: "api-key", key: "payg-key" } },
       ],
     });
-    handler = createFunctionsHandler(createGateway({ config, fetch: upstream.fetch }));
+    handler = createFunctionsHandler(createGateway({ config, upstream: upstream.upstream }));
   });
   afterAll(async () => {
     await Promise.all([ptu.close(), payg.close(), upstream.close()]);

@@ -1,9 +1,10 @@
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { serve } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
-import { createUpstreamFetch } from "./upstream.ts";
+import type { BodyBytes } from "../../src/proxy/attempt.ts";
+import { createUpstreamClient } from "./upstream.ts";
 
 export interface RunningGateway {
   url: string;
@@ -14,10 +15,30 @@ export interface RunningGateway {
   close(graceMs?: number): Promise<void>;
 }
 
+/**
+ * Reads the body straight from the socket stream: going through the Request that
+ * @hono/node-server builds costs most of a request's time (measured: 29k → 6.4k requests/s
+ * for an app that only reads the body).
+ */
+export function readIncomingBody(request: Request, env: unknown): Promise<BodyBytes> {
+  const incoming = (env as { incoming?: IncomingMessage } | undefined)?.incoming;
+  if (!incoming || incoming.readableEnded || incoming.readableDidRead) return request.arrayBuffer().then((b) => new Uint8Array(b));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    incoming.on("data", (chunk: Buffer) => {
+      chunks.push(chunk);
+      length += chunk.length;
+    });
+    incoming.once("end", () => resolve((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)) as unknown as BodyBytes));
+    incoming.once("error", reject);
+  });
+}
+
 /** The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. */
 export async function startGatewayServer(config: SluiceConfig, overrides: { host?: string; port?: number } = {}): Promise<RunningGateway> {
-  const upstream = createUpstreamFetch();
-  const gateway = createGateway({ config, fetch: upstream.fetch });
+  const client = createUpstreamClient();
+  const gateway = createGateway({ config, upstream: client.upstream, readBody: readIncomingBody });
   const host = overrides.host ?? config.server.host;
   const server = serve({
     fetch: gateway.fetch,
@@ -45,7 +66,7 @@ export async function startGatewayServer(config: SluiceConfig, overrides: { host
     clearInterval(sweep);
     server.closeAllConnections();
     await closed;
-    await upstream.close();
+    await client.close();
   };
   return { url: `http://${shownHost}:${port}`, port, gateway, server, close };
 }

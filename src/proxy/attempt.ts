@@ -1,50 +1,81 @@
-export type FetchLike = (input: string, init: RequestInit) => Promise<Response>;
+/** A request body as the gateway holds it: the client's bytes (or a documented rewrite). */
+export type BodyBytes = Uint8Array<ArrayBuffer>;
+
+export interface UpstreamRequest {
+  method: string;
+  headers: Headers;
+  body: BodyBytes | null;
+  /** The client's signal: aborting it cancels the upstream request, body included. */
+  signal?: AbortSignal;
+  /** Time allowed until response headers; a long body is never cut by it. */
+  timeoutMs: number;
+}
+
+/** No response headers arrived within the attempt's timeout. */
+export class UpstreamTimeout extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`no response headers within ${timeoutMs} ms`);
+    this.name = "UpstreamTimeout";
+  }
+}
+
+/**
+ * How the core talks to backends: resolves at response headers, rejects with UpstreamTimeout
+ * when they do not come in time, with anything else on a connection failure. Each runtime
+ * supplies its fastest client (undici on Node, the global fetch on Workers).
+ */
+export type UpstreamFetch = (url: string, request: UpstreamRequest) => Promise<Response>;
+
+/** An UpstreamFetch over the Web `fetch`, for runtimes whose fetch is the best client they have. */
+export function webUpstream(fetchFn: typeof fetch = (input, init) => fetch(input, init)): UpstreamFetch {
+  return async (url, r) => {
+    const controller = new AbortController();
+    const clientSignal = r.signal;
+    if (clientSignal) {
+      if (clientSignal.aborted) controller.abort(clientSignal.reason);
+      // Not removed after the headers: the client going away must also stop the body.
+      else clientSignal.addEventListener("abort", () => controller.abort(clientSignal.reason), { once: true });
+    }
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, r.timeoutMs);
+    try {
+      return await fetchFn(url, { method: r.method, headers: r.headers, body: r.body, signal: controller.signal, redirect: "manual" });
+    } catch (err) {
+      throw timedOut ? new UpstreamTimeout(r.timeoutMs) : err;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
 
 export type AttemptOutcome =
-  | { kind: "response"; response: Response; ttfbMs: number; detach: () => void }
+  | { kind: "response"; response: Response; ttfbMs: number }
   | { kind: "timeout"; ms: number }
   | { kind: "network"; error: string; ms: number }
   | { kind: "client-gone" };
 
-const TIMEOUT = "sluice-attempt-timeout";
-
-/**
- * One request to one backend. The timeout covers the wait for response headers only (a long
- * stream is not cut); the client's disconnect aborts the upstream request at any time until
- * `detach()` is called when the body has been relayed.
- */
-export async function sendAttempt(
-  fetchFn: FetchLike,
-  url: string,
-  init: { method: string; headers: Headers; body: BodyInit | null },
-  timeoutMs: number,
-  clientSignal: AbortSignal | undefined,
-  now: () => number,
-): Promise<AttemptOutcome> {
+/** One request to one backend, with its outcome classified for the attempt loop. */
+export async function sendAttempt(upstream: UpstreamFetch, url: string, request: UpstreamRequest, now: () => number): Promise<AttemptOutcome> {
   const started = now();
-  if (clientSignal?.aborted) return { kind: "client-gone" };
-  const controller = new AbortController();
-  const onClientAbort = () => controller.abort(clientSignal?.reason);
-  clientSignal?.addEventListener("abort", onClientAbort);
-  const detach = () => clientSignal?.removeEventListener("abort", onClientAbort);
-  const timer = setTimeout(() => controller.abort(TIMEOUT), timeoutMs);
+  if (request.signal?.aborted) return { kind: "client-gone" };
   try {
-    const response = await fetchFn(url, { ...init, signal: controller.signal, redirect: "manual" });
-    return { kind: "response", response, ttfbMs: now() - started, detach };
+    const response = await upstream(url, request);
+    return { kind: "response", response, ttfbMs: now() - started };
   } catch (err) {
-    detach();
-    if (controller.signal.reason === TIMEOUT) return { kind: "timeout", ms: now() - started };
-    if (clientSignal?.aborted) return { kind: "client-gone" };
+    if (err instanceof UpstreamTimeout) return { kind: "timeout", ms: now() - started };
+    if (request.signal?.aborted) return { kind: "client-gone" };
     return { kind: "network", error: describe(err), ms: now() - started };
-  } finally {
-    clearTimeout(timer);
   }
 }
 
 function describe(err: unknown): string {
   if (err instanceof Error) {
     const cause = (err as Error & { cause?: unknown }).cause;
-    const detail = cause instanceof Error ? `: ${(cause as Error & { code?: string }).code ?? cause.message}` : "";
+    const code = (err as Error & { code?: string }).code;
+    const detail = cause instanceof Error ? `: ${(cause as Error & { code?: string }).code ?? cause.message}` : code ? ` (${code})` : "";
     return `${err.message}${detail}`;
   }
   return String(err);

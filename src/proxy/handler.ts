@@ -6,14 +6,14 @@ import type { Backend } from "../routing/backend.ts";
 import type { BackendPool } from "../routing/pool.ts";
 import { applyCredentials, upstreamTarget } from "../routing/upstream-request.ts";
 import { retryAfterMs } from "../resilience/retry-after.ts";
-import { sendAttempt, type FetchLike } from "./attempt.ts";
+import { sendAttempt, type BodyBytes, type UpstreamFetch } from "./attempt.ts";
 import { exhaustedResponse } from "./exhaustion.ts";
 import { relay } from "./relay.ts";
 
 export interface ProxyContext {
   config: SluiceConfig;
   pool: BackendPool;
-  fetch: FetchLike;
+  upstream: UpstreamFetch;
   now: () => number;
 }
 
@@ -22,7 +22,7 @@ export interface ProxyInput {
   url: URL;
   requestId: string;
   cls: Classified;
-  body: ArrayBuffer | null;
+  body: BodyBytes | null;
   eligible: readonly Backend[];
 }
 
@@ -52,11 +52,9 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
     const headers = new Headers(baseHeaders);
     applyCredentials(backend, headers);
     const outcome = await sendAttempt(
-      ctx.fetch,
+      ctx.upstream,
       target.url,
-      { method: request.method, headers, body: target.body },
-      backend.timeoutMs,
-      request.signal,
+      { method: request.method, headers, body: target.body, signal: request.signal, timeoutMs: backend.timeoutMs },
       now,
     );
 
@@ -79,7 +77,6 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
     const upstream = outcome.response;
     const status = upstream.status;
     if (res.failoverOn.includes(status)) {
-      outcome.detach();
       upstream.body?.cancel().catch(() => undefined);
       backend.release();
       const at = now();
@@ -96,7 +93,7 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
       backend.breaker.onSuccess();
       backend.recordTtfb(outcome.ttfbMs, config.routing.latencyAlpha);
     }
-    return respond(upstream, backend, attempts.length + 1, input.requestId, outcome.detach, now);
+    return respond(upstream, backend, attempts.length + 1, input.requestId, now);
   }
 
   const response = exhaustedResponse(attempts, eligible, now());
@@ -104,11 +101,10 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
   return response;
 }
 
-function respond(upstream: Response, backend: Backend, attempts: number, requestId: string, detach: () => void, now: () => number): Response {
+function respond(upstream: Response, backend: Backend, attempts: number, requestId: string, now: () => number): Response {
   const headers = downstreamResponseHeaders(upstream.headers);
   stampHeaders(headers, requestId, attempts, backend.name);
   const finish = (failed: boolean) => {
-    detach();
     backend.release();
     if (failed) backend.breaker.onFailure(now());
   };

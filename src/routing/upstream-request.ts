@@ -1,4 +1,5 @@
 import type { Classified } from "../classify.ts";
+import type { BodyBytes } from "../proxy/attempt.ts";
 import type { Backend } from "./backend.ts";
 
 const DEFAULT_AZURE_API_VERSION = "2024-10-21";
@@ -9,7 +10,7 @@ const decoder = new TextDecoder();
 export interface UpstreamTarget {
   url: string;
   /** The body to send: the client's bytes, or a rewrite when the model had to be renamed in it. */
-  body: ArrayBuffer | Uint8Array<ArrayBuffer> | null;
+  body: BodyBytes | null;
 }
 
 function isAzureShaped(b: Backend): boolean {
@@ -17,7 +18,7 @@ function isAzureShaped(b: Backend): boolean {
 }
 
 /** The client's body with `model` set to the backend's name for it, only when that differs. */
-function bodyWithModel(body: ArrayBuffer | null, cls: Classified, deployment: string): ArrayBuffer | Uint8Array<ArrayBuffer> | null {
+function bodyWithModel(body: BodyBytes | null, cls: Classified, deployment: string): BodyBytes | null {
   if (!body || !deployment) return body;
   let json = cls.json;
   if (!json) {
@@ -36,7 +37,7 @@ function bodyWithModel(body: ArrayBuffer | null, cls: Classified, deployment: st
  * Where and what to send for this backend. Azure-shaped backends put the deployment in the
  * URL; OpenAI-shaped ones in the body's `model`. The body is rewritten only for a rename.
  */
-export function upstreamTarget(backend: Backend, cls: Classified, url: URL, body: ArrayBuffer | null): UpstreamTarget {
+export function upstreamTarget(backend: Backend, cls: Classified, url: URL, body: BodyBytes | null): UpstreamTarget {
   const base = backend.baseUrl;
   const op = cls.operation;
   if (op === undefined) return { url: base + url.pathname + url.search, body };

@@ -17,7 +17,7 @@ const dec = new TextDecoder();
 
 function target(b: Backend, path: string, body: string) {
   const url = new URL(`http://gw${path}`);
-  const bytes = enc.encode(body).buffer as ArrayBuffer;
+  const bytes = enc.encode(body);
   const t = upstreamTarget(b, classify(url.pathname, url, new Headers(), bytes, config), url, bytes);
   return { url: t.url, body: t.body === bytes ? "(same bytes)" : dec.decode(t.body as Uint8Array) };
 }
