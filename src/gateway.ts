@@ -3,8 +3,8 @@ import type { SluiceConfig } from "./config/schema.ts";
 import { BadRequest, classify } from "./classify.ts";
 import { errorResponse } from "./http/errors.ts";
 import { GATEWAY_RESPONSE_HEADERS as H } from "./http/headers.ts";
-import { proxyRequest, stampHeaders, type ProxyContext } from "./proxy/handler.ts";
-import { webUpstream, type BodyBytes, type UpstreamFetch } from "./proxy/attempt.ts";
+import { gatewayHeaders, proxyRequest, type ProxyContext } from "./proxy/handler.ts";
+import { webUpstream, type BodyBytes, type ClientSignal, type UpstreamFetch } from "./proxy/attempt.ts";
 import { BackendPool } from "./routing/pool.ts";
 
 export interface GatewayOptions {
@@ -13,6 +13,8 @@ export interface GatewayOptions {
   upstream?: UpstreamFetch;
   /** Reads the request body; an adapter may read it more cheaply than Request.arrayBuffer(). */
   readBody?: (request: Request, env: unknown) => Promise<BodyBytes>;
+  /** Aborts when the client goes away; an adapter may make it more cheaply than Request.signal. */
+  clientSignal?: (request: Request, env: unknown) => ClientSignal | undefined;
   now?: () => number;
   random?: () => number;
 }
@@ -32,6 +34,7 @@ const readRequestBody = async (request: Request): Promise<BodyBytes> => new Uint
 export function createGateway(options: GatewayOptions): Gateway {
   const config = options.config;
   const readBody = options.readBody ?? readRequestBody;
+  const clientSignal = options.clientSignal ?? ((request: Request) => request.signal);
   const pool = new BackendPool(config, options.random);
   const ctx: ProxyContext = {
     config,
@@ -71,38 +74,33 @@ export function createGateway(options: GatewayOptions): Gateway {
     const request = c.req.raw;
     const requestId = request.headers.get(H.requestId) || crypto.randomUUID();
     const url = new URL(request.url);
-    const fail = (response: Response) => {
-      stampHeaders(response.headers, requestId, 0, undefined);
-      return response;
-    };
+    const headers = gatewayHeaders(requestId, 0, undefined);
     const body = NO_BODY.has(request.method) ? null : await readBody(request, c.env);
     let cls;
     try {
       cls = classify(url.pathname, url, request.headers, body, config);
     } catch (err) {
-      if (err instanceof BadRequest) return fail(errorResponse({ status: 400, code: err.code, message: err.message }));
+      if (err instanceof BadRequest) return errorResponse({ status: 400, code: err.code, message: err.message, headers });
       throw err;
     }
     const { modelKnown, backends } = pool.eligible(cls.model, cls.priority);
     if (!modelKnown) {
-      return fail(
-        errorResponse({
-          status: 404,
-          code: "model_not_found",
-          message: cls.model === undefined ? "this request names no model and no backend serves it" : `the model "${cls.model}" is not served by this gateway`,
-        }),
-      );
+      return errorResponse({
+        status: 404,
+        code: "model_not_found",
+        message: cls.model === undefined ? "this request names no model and no backend serves it" : `the model "${cls.model}" is not served by this gateway`,
+        headers,
+      });
     }
     if (!backends.length) {
-      return fail(
-        errorResponse({
-          status: 503,
-          code: "no_eligible_backend",
-          message: `no backend serves "${cls.model}" at priority ${cls.priority}`,
-        }),
-      );
+      return errorResponse({
+        status: 503,
+        code: "no_eligible_backend",
+        message: `no backend serves "${cls.model}" at priority ${cls.priority}`,
+        headers,
+      });
     }
-    return proxyRequest(ctx, { request, url, requestId, cls, body, eligible: backends });
+    return proxyRequest(ctx, { request, url, requestId, cls, body, eligible: backends, signal: clientSignal(request, c.env) });
   });
 
   app.onError((err) => {

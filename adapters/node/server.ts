@@ -1,9 +1,9 @@
-import { createServer, type IncomingMessage, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { serve } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
-import type { BodyBytes } from "../../src/proxy/attempt.ts";
+import type { BodyBytes, ClientSignal } from "../../src/proxy/attempt.ts";
 import { createUpstreamClient } from "./upstream.ts";
 
 export interface RunningGateway {
@@ -35,10 +35,45 @@ export function readIncomingBody(request: Request, env: unknown): Promise<BodyBy
   });
 }
 
+/**
+ * "The client went away", from the response's close before it finished. An AbortSignal per
+ * request costs measurably on Node, and Request.signal would make @hono/node-server build a
+ * full undici Request (body stream included), so this is a minimal signal that both the core
+ * and undici accept.
+ */
+class ConnectionSignal implements ClientSignal {
+  aborted = false;
+  reason: unknown = undefined;
+  private listeners: (() => void)[] = [];
+
+  constructor(outgoing: ServerResponse) {
+    outgoing.once("close", () => {
+      if (outgoing.writableFinished) return;
+      this.aborted = true;
+      this.reason = new Error("the client closed the connection");
+      for (const l of this.listeners.splice(0)) l();
+    });
+  }
+
+  addEventListener(_type: "abort", listener: () => void): void {
+    this.listeners.push(listener);
+  }
+
+  removeEventListener(_type: "abort", listener: () => void): void {
+    const i = this.listeners.indexOf(listener);
+    if (i >= 0) this.listeners.splice(i, 1);
+  }
+}
+
+export function socketCloseSignal(request: Request, env: unknown): ClientSignal | undefined {
+  const outgoing = (env as { outgoing?: ServerResponse } | undefined)?.outgoing;
+  return outgoing ? new ConnectionSignal(outgoing) : request.signal;
+}
+
 /** The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. */
 export async function startGatewayServer(config: SluiceConfig, overrides: { host?: string; port?: number } = {}): Promise<RunningGateway> {
   const client = createUpstreamClient();
-  const gateway = createGateway({ config, upstream: client.upstream, readBody: readIncomingBody });
+  const gateway = createGateway({ config, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal });
   const host = overrides.host ?? config.server.host;
   const server = serve({
     fetch: gateway.fetch,

@@ -1,9 +1,14 @@
+import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import { Agent, errors, type Dispatcher } from "undici";
-import { UpstreamTimeout, type UpstreamFetch } from "../../src/proxy/attempt.ts";
+import type { HeaderSource } from "../../src/http/headers.ts";
+import { UpstreamTimeout, type BodyBytes, type UpstreamFetch, type UpstreamResponse } from "../../src/proxy/attempt.ts";
 
-/** Statuses whose responses carry no body (Response rejects one). */
-const NULL_BODY = new Set([101, 103, 204, 205, 304]);
+/** Statuses whose responses carry no body. */
+const NULL_BODY = new Set([204, 205, 304]);
+
+/** Largest non-streaming answer read whole before it is handed to the core. */
+const WHOLE_BODY_MAX = 256 * 1024;
 
 /**
  * A Web ReadableStream over undici's body stream, with backpressure: the Node stream is
@@ -43,15 +48,44 @@ function webBody(body: Readable): ReadableStream<Uint8Array> {
   );
 }
 
-function webHeaders(raw: Dispatcher.ResponseData["headers"]): Headers {
-  const headers = new Headers();
-  for (const name in raw) {
-    const value = raw[name];
-    if (value === undefined) continue;
-    if (Array.isArray(value)) for (const v of value) headers.append(name, v);
-    else headers.append(name, value);
+function readWhole(body: Readable): Promise<BodyBytes> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    body.on("data", (chunk: Buffer) => {
+      chunks.push(chunk);
+      length += chunk.length;
+    });
+    body.once("end", () => resolve((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)) as unknown as BodyBytes));
+    body.once("error", reject);
+  });
+}
+
+/** undici's header record (lower-case names) read in place, without building a Headers. */
+class RawHeaders implements HeaderSource {
+  constructor(private readonly raw: IncomingHttpHeaders) {}
+
+  get(name: string): string | null {
+    const v = this.raw[name];
+    return v === undefined ? null : Array.isArray(v) ? v.join(", ") : v;
   }
-  return headers;
+
+  forEach(callback: (value: string, name: string) => void): void {
+    for (const name in this.raw) {
+      const v = this.raw[name];
+      if (Array.isArray(v)) for (const one of v) callback(one, name);
+      else if (v !== undefined) callback(v, name);
+    }
+  }
+}
+
+/**
+ * A small answer that is not an event stream and declares its length arrives in one or two
+ * segments anyway; holding it until complete costs no time and spares the stream machinery.
+ */
+function isSmallWholeBody(headers: IncomingHttpHeaders): boolean {
+  const length = Number(headers["content-length"] ?? Number.NaN);
+  return length >= 0 && length <= WHOLE_BODY_MAX && !headers["content-type"]?.includes("text/event-stream");
 }
 
 /**
@@ -70,10 +104,10 @@ export function createUpstreamClient(options: { connectionsPerOrigin?: number } 
     connect: { noDelay: true, keepAlive: true },
   });
 
-  const upstream: UpstreamFetch = async (input, r) => {
+  const upstream: UpstreamFetch = async (input, r): Promise<UpstreamResponse> => {
     const url = new URL(input);
     const headers: string[] = [];
-    r.headers.forEach((value, name) => headers.push(name, value));
+    for (const [name, value] of r.headers) headers.push(name, value);
     let res: Dispatcher.ResponseData;
     try {
       res = await agent.request({
@@ -89,11 +123,15 @@ export function createUpstreamClient(options: { connectionsPerOrigin?: number } 
       throw err instanceof errors.HeadersTimeoutError ? new UpstreamTimeout(r.timeoutMs) : err;
     }
     const status = res.statusCode;
-    if (NULL_BODY.has(status)) {
+    const responseHeaders = new RawHeaders(res.headers);
+    if (NULL_BODY.has(status) || r.method === "HEAD") {
       res.body.resume();
-      return new Response(null, { status, headers: webHeaders(res.headers) });
+      return { status, headers: responseHeaders, body: null };
     }
-    return new Response(webBody(res.body), { status, headers: webHeaders(res.headers) });
+    if (isSmallWholeBody(res.headers)) {
+      return { status, headers: responseHeaders, body: null, wholeBody: await readWhole(res.body) };
+    }
+    return { status, headers: responseHeaders, body: webBody(res.body) };
   };
   return { upstream, close: () => agent.close() };
 }

@@ -27,30 +27,50 @@ export const GATEWAY_RESPONSE_HEADERS = {
 
 const GATEWAY_OWNED = new Set<string>(Object.values(GATEWAY_RESPONSE_HEADERS));
 
-function connectionListed(headers: Headers): Set<string> | undefined {
+/** What the core reads of a header set: a Web Headers, or an adapter's lighter view. */
+export interface HeaderSource {
+  get(name: string): string | null;
+  forEach(callback: (value: string, name: string) => void): void;
+}
+
+/** Header pairs, a HeadersInit every runtime accepts, cheaper to build than a Headers. */
+export type HeaderPairs = [string, string][];
+
+function connectionListed(headers: HeaderSource): Set<string> | undefined {
   const c = headers.get("connection");
   if (!c) return undefined;
   return new Set(c.split(",").map((t) => t.trim().toLowerCase()));
 }
 
 /** Headers sent upstream: the client's minus hop-by-hop, credentials and gateway-owned ones. */
-export function upstreamRequestHeaders(incoming: Headers): Headers {
+export function upstreamRequestHeaders(incoming: HeaderSource): HeaderPairs {
   const listed = connectionListed(incoming);
-  const out = new Headers();
+  const out: HeaderPairs = [];
   incoming.forEach((value, name) => {
     if (HOP_BY_HOP.has(name) || CLIENT_CREDENTIALS.has(name) || GATEWAY_OWNED.has(name) || listed?.has(name)) return;
-    out.append(name, value);
+    out.push([name, value]);
   });
   return out;
 }
 
-/** Headers returned to the client: the backend's minus hop-by-hop and gateway-owned ones. */
-export function downstreamResponseHeaders(upstream: Headers): Headers {
+/**
+ * Headers returned to the client: the backend's minus hop-by-hop and gateway-owned ones, as a
+ * plain record (the Node server writes one without converting it). Repeated headers are joined
+ * as RFC 9110 allows, except Set-Cookie, which turns the result into pairs to keep each cookie.
+ */
+export function downstreamResponseHeaders(upstream: HeaderSource): Record<string, string> | HeaderPairs {
   const listed = connectionListed(upstream);
-  const out = new Headers();
+  const out: Record<string, string> = {};
+  let cookies: string[] | undefined;
   upstream.forEach((value, name) => {
     if (HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || listed?.has(name)) return;
-    out.append(name, value);
+    if (name === "set-cookie") (cookies ??= []).push(value);
+    else out[name] = name in out ? `${out[name]}, ${value}` : value;
   });
-  return out;
+  if (!cookies) return out;
+  if (cookies.length === 1) {
+    out["set-cookie"] = cookies[0]!;
+    return out;
+  }
+  return [...Object.entries(out), ...cookies.map((c): [string, string] => ["set-cookie", c])];
 }

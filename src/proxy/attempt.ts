@@ -1,12 +1,22 @@
+import type { HeaderPairs, HeaderSource } from "../http/headers.ts";
+
 /** A request body as the gateway holds it: the client's bytes (or a documented rewrite). */
 export type BodyBytes = Uint8Array<ArrayBuffer>;
 
+/** What the core needs of "the client went away": an AbortSignal, or an adapter's lighter one. */
+export interface ClientSignal {
+  readonly aborted: boolean;
+  readonly reason?: unknown;
+  addEventListener(type: "abort", listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: "abort", listener: () => void): void;
+}
+
 export interface UpstreamRequest {
   method: string;
-  headers: Headers;
+  headers: HeaderPairs;
   body: BodyBytes | null;
   /** The client's signal: aborting it cancels the upstream request, body included. */
-  signal?: AbortSignal;
+  signal?: ClientSignal;
   /** Time allowed until response headers; a long body is never cut by it. */
   timeoutMs: number;
 }
@@ -19,12 +29,21 @@ export class UpstreamTimeout extends Error {
   }
 }
 
+/** A backend's answer as the core reads it; a fetch Response is one. */
+export interface UpstreamResponse {
+  readonly status: number;
+  readonly headers: HeaderSource;
+  readonly body: ReadableStream<Uint8Array> | null;
+  /** The whole body, when the client already holds it (small, non-streaming answers): no stream needed. */
+  readonly wholeBody?: BodyBytes;
+}
+
 /**
  * How the core talks to backends: resolves at response headers, rejects with UpstreamTimeout
  * when they do not come in time, with anything else on a connection failure. Each runtime
  * supplies its fastest client (undici on Node, the global fetch on Workers).
  */
-export type UpstreamFetch = (url: string, request: UpstreamRequest) => Promise<Response>;
+export type UpstreamFetch = (url: string, request: UpstreamRequest) => Promise<UpstreamResponse>;
 
 /** An UpstreamFetch over the Web `fetch`, for runtimes whose fetch is the best client they have. */
 export function webUpstream(fetchFn: typeof fetch = (input, init) => fetch(input, init)): UpstreamFetch {
@@ -52,7 +71,7 @@ export function webUpstream(fetchFn: typeof fetch = (input, init) => fetch(input
 }
 
 export type AttemptOutcome =
-  | { kind: "response"; response: Response; ttfbMs: number }
+  | { kind: "response"; response: UpstreamResponse; ttfbMs: number }
   | { kind: "timeout"; ms: number }
   | { kind: "network"; error: string; ms: number }
   | { kind: "client-gone" };

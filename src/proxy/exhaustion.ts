@@ -16,7 +16,7 @@ function earliestCooldownEnd(backends: readonly Backend[], now: number): number 
  * when backends are cooling or busy (with the earliest Retry-After), 503 when every circuit
  * is open.
  */
-export function exhaustedResponse(attempts: AttemptRecord[], eligible: readonly Backend[], now: number): Response {
+export function exhaustedResponse(attempts: AttemptRecord[], eligible: readonly Backend[], now: number, base: Record<string, string>): Response {
   const coolingEnd = earliestCooldownEnd(eligible, now);
   if (attempts.length === 0) {
     const reasons = eligible.map((b) => b.unavailable(now));
@@ -26,7 +26,7 @@ export function exhaustedResponse(attempts: AttemptRecord[], eligible: readonly 
         code: "backends_cooling_down",
         message: "every eligible backend is cooling down after throttling; retry after the indicated time",
         attempts,
-        headers: retryAfterHeaders(coolingEnd! - now),
+        headers: { ...base, ...retryAfterHeaders(coolingEnd! - now) },
       });
     }
     if (reasons.some((r) => r === "busy" || r === "cooling")) {
@@ -36,7 +36,7 @@ export function exhaustedResponse(attempts: AttemptRecord[], eligible: readonly 
         code: "no_capacity",
         message: "every eligible backend is at its concurrency limit or cooling down",
         attempts,
-        headers: retryAfterHeaders(wait),
+        headers: { ...base, ...retryAfterHeaders(wait) },
       });
     }
     const reopen = Math.min(...eligible.map((b) => b.breaker.reopensAt()));
@@ -45,13 +45,13 @@ export function exhaustedResponse(attempts: AttemptRecord[], eligible: readonly 
       code: "circuit_open",
       message: "every eligible backend's circuit breaker is open",
       attempts,
-      headers: retryAfterHeaders(Math.max(0, reopen - now)),
+      headers: { ...base, ...retryAfterHeaders(Math.max(0, reopen - now)) },
     });
   }
   const first = attempts[0]!.status;
   const same = attempts.every((a) => a.status === first);
   const status = same ? first : 502;
-  const headers = status === 429 && coolingEnd !== undefined ? retryAfterHeaders(coolingEnd - now) : undefined;
+  const headers = status === 429 && coolingEnd !== undefined ? { ...base, ...retryAfterHeaders(coolingEnd - now) } : base;
   const summary = attempts.map((a) => `${a.backend}: ${a.error ?? a.status}`).join("; ");
   return errorResponse({
     status,

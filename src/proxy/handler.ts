@@ -6,7 +6,7 @@ import type { Backend } from "../routing/backend.ts";
 import type { BackendPool } from "../routing/pool.ts";
 import { applyCredentials, upstreamTarget } from "../routing/upstream-request.ts";
 import { retryAfterMs } from "../resilience/retry-after.ts";
-import { sendAttempt, type BodyBytes, type UpstreamFetch } from "./attempt.ts";
+import { sendAttempt, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "./attempt.ts";
 import { exhaustedResponse } from "./exhaustion.ts";
 import { relay } from "./relay.ts";
 
@@ -24,9 +24,13 @@ export interface ProxyInput {
   cls: Classified;
   body: BodyBytes | null;
   eligible: readonly Backend[];
+  /** Aborts when the client goes away. */
+  signal: ClientSignal | undefined;
 }
 
 const CLIENT_GONE = 499;
+/** Statuses that must not carry a body (a Response with one is refused). */
+const NULL_BODY = new Set([101, 204, 205, 304]);
 
 /**
  * Runs the attempt loop for one request: pick a free backend (lowest group first), send,
@@ -49,12 +53,12 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
     if (!backend.acquire(now())) continue;
 
     const target = upstreamTarget(backend, cls, input.url, input.body);
-    const headers = new Headers(baseHeaders);
+    const headers = baseHeaders.slice();
     applyCredentials(backend, headers);
     const outcome = await sendAttempt(
       ctx.upstream,
       target.url,
-      { method: request.method, headers, body: target.body, signal: request.signal, timeoutMs: backend.timeoutMs },
+      { method: request.method, headers, body: target.body, signal: input.signal, timeoutMs: backend.timeoutMs },
       now,
     );
 
@@ -96,32 +100,40 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
     return respond(upstream, backend, attempts.length + 1, input.requestId, now);
   }
 
-  const response = exhaustedResponse(attempts, eligible, now());
-  stampHeaders(response.headers, input.requestId, attempts.length, undefined);
-  return response;
+  return exhaustedResponse(attempts, eligible, now(), gatewayHeaders(input.requestId, attempts.length, undefined));
 }
 
-function respond(upstream: Response, backend: Backend, attempts: number, requestId: string, now: () => number): Response {
+function respond(upstream: UpstreamResponse, backend: Backend, attempts: number, requestId: string, now: () => number): Response {
   const headers = downstreamResponseHeaders(upstream.headers);
-  stampHeaders(headers, requestId, attempts, backend.name);
+  const stamp = gatewayHeaders(requestId, attempts, backend.name);
+  if (Array.isArray(headers)) headers.push(...Object.entries(stamp));
+  else Object.assign(headers, stamp);
+  const init = { status: upstream.status, headers };
   const finish = (failed: boolean) => {
     backend.release();
     if (failed) backend.breaker.onFailure(now());
   };
+  if (upstream.wholeBody) {
+    finish(false);
+    return new Response(upstream.wholeBody, init);
+  }
   let body: ReadableStream<Uint8Array> | null = null;
-  if (upstream.body) {
+  if (NULL_BODY.has(upstream.status)) {
+    upstream.body?.cancel().catch(() => undefined);
+    finish(false);
+  } else if (upstream.body) {
     const sse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
     body = relay(upstream.body, { sse, backend: backend.name, onEnd: (how) => finish(how === "error") });
   } else finish(false);
-  return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+  return new Response(body, init);
 }
 
-export function stampHeaders(headers: Headers, requestId: string, attempts: number, backend: string | undefined): void {
-  headers.set(H.requestId, requestId);
-  headers.set(H.attempts, String(attempts));
-  headers.set(H.queueMs, "0");
+/** The headers the gateway puts on every response it sends. */
+export function gatewayHeaders(requestId: string, attempts: number, backend: string | undefined): Record<string, string> {
+  const h: Record<string, string> = { [H.requestId]: requestId, [H.attempts]: String(attempts), [H.queueMs]: "0" };
   if (backend) {
-    headers.set(H.backend, backend);
-    headers.set(H.affinity, backend);
+    h[H.backend] = backend;
+    h[H.affinity] = backend;
   }
+  return h;
 }

@@ -1,10 +1,12 @@
+import type { HeaderSource } from "../http/headers.ts";
+
 /**
  * How long a throttling backend asked us to stay away, in ms, from the headers providers use:
  * `retry-after-ms` and `x-ms-retry-after-ms` (Azure OpenAI), `retry-after` (seconds or an
  * HTTP date), and OpenAI's `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens`
  * (durations such as "1s", "6m0s", "250ms"). Undefined when none is usable.
  */
-export function retryAfterMs(headers: Headers, now: number): number | undefined {
+export function retryAfterMs(headers: HeaderSource, now: number): number | undefined {
   const ms = headers.get("retry-after-ms") ?? headers.get("x-ms-retry-after-ms");
   if (ms !== null) {
     const v = Number(ms);

@@ -1,4 +1,5 @@
 import type { Classified } from "../classify.ts";
+import type { HeaderPairs } from "../http/headers.ts";
 import type { BodyBytes } from "../proxy/attempt.ts";
 import type { Backend } from "./backend.ts";
 
@@ -63,29 +64,29 @@ export function upstreamTarget(backend: Backend, cls: Classified, url: URL, body
 }
 
 /** Sets the backend's own credentials (the client's were already removed). */
-export function applyCredentials(backend: Backend, headers: Headers): void {
+export function applyCredentials(backend: Backend, headers: HeaderPairs): void {
   const auth = backend.config.auth;
   if (!auth || auth.type === "none") return;
   if (auth.type === "bearer") {
-    headers.set("authorization", `Bearer ${auth.token}`);
+    headers.push(["authorization", `Bearer ${auth.token}`]);
     return;
   }
   if (auth.header) {
-    headers.set(auth.header, auth.key);
+    headers.push([auth.header, auth.key]);
     return;
   }
   switch (backend.kind) {
     case "azure-openai":
-      headers.set("api-key", auth.key);
+      headers.push(["api-key", auth.key]);
       break;
     case "apim":
-      headers.set("ocp-apim-subscription-key", auth.key);
+      headers.push(["ocp-apim-subscription-key", auth.key]);
       break;
     case "anthropic":
-      headers.set("x-api-key", auth.key);
+      headers.push(["x-api-key", auth.key]);
       break;
     case "openai":
-      headers.set("authorization", `Bearer ${auth.key}`);
+      headers.push(["authorization", `Bearer ${auth.key}`]);
       break;
   }
 }

@@ -47,7 +47,7 @@ describe("upstream request shape", () => {
   });
   it("uses each kind's credential header", () => {
     const headers = (b: Backend) => {
-      const h = new Headers();
+      const h: [string, string][] = [];
       applyCredentials(b, h);
       return Object.fromEntries(h);
     };
