@@ -14,8 +14,12 @@ export interface Classified {
   /** The part of the path after `/openai/deployments/{d}/`, `/openai/v1/` or `/v1/` (no leading slash); undefined for other paths. */
   operation: string | undefined;
   priority: number;
-  /** Parsed JSON body when it was needed and is an object. */
+  /** Parsed JSON body, when the body is a JSON object. */
   json: Record<string, unknown> | undefined;
+  /** Estimated tokens (prompt + completion budget): the request's weight in fair share. */
+  cost: number;
+  /** Fair-share key of the client. */
+  caller: string;
 }
 
 export class BadRequest extends Error {
@@ -41,7 +45,11 @@ function apiKind(operation: string | undefined): ApiKind {
 const decoder = new TextDecoder();
 
 function parseJsonObject(body: BodyBytes | null): Record<string, unknown> | undefined {
-  if (!body || body.byteLength === 0) return undefined;
+  if (!body) return undefined;
+  let i = 0;
+  while (i < body.byteLength && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
+  // Only an object ("{") can be a request we understand; anything else skips the decode.
+  if (body[i] !== 0x7b) return undefined;
   try {
     const v: unknown = JSON.parse(decoder.decode(body));
     return v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
@@ -50,24 +58,54 @@ function parseJsonObject(body: BodyBytes | null): Record<string, unknown> | unde
   }
 }
 
+/** Priority from, in order: `x-priority`, SimpleL7Proxy's `S7PPriorityKey` (mapped by config), `?priority=`, the default. */
 function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number {
-  const levels = config.priorities.levels;
-  const raw = headers.get("x-priority") ?? url.searchParams.get("priority");
+  const { levels, keys } = config.priorities;
+  const named = headers.get("x-priority");
+  const key = headers.get("s7pprioritykey");
+  const raw = named ?? (key !== null ? (keys[key] ?? null) : null) ?? url.searchParams.get("priority");
+  if (named === null && key !== null && !(key in keys)) throw new BadRequest("S7PPriorityKey is not a configured priority key", "invalid_priority");
   if (raw !== null) {
     const level = resolvePriority(raw, levels);
     if (level === undefined) {
-      throw new BadRequest(`x-priority "${raw}" is not one of ${Object.keys(levels).join(", ")} or an integer`, "invalid_priority");
+      throw new BadRequest(`priority "${raw}" is not one of ${Object.keys(levels).join(", ")} or an integer`, "invalid_priority");
     }
     return level;
   }
   return resolvePriority(config.priorities.default, levels)!;
 }
 
+const DEFAULT_COMPLETION_BUDGET = 256;
+
+/**
+ * Tokens a request may cost: about one per four bytes of body for the prompt, plus the
+ * completion budget it asks for (`max_tokens` and friends, 256 when unset) times `n`.
+ */
+export function estimateTokens(body: BodyBytes | null, json: Record<string, unknown> | undefined): number {
+  const prompt = Math.ceil((body?.byteLength ?? 0) / 4);
+  if (!json) return Math.max(1, prompt);
+  const budget = json.max_tokens ?? json.max_completion_tokens ?? json.max_output_tokens;
+  const n = typeof json.n === "number" && json.n > 0 ? json.n : 1;
+  return prompt + (typeof budget === "number" && budget >= 0 ? budget : DEFAULT_COMPLETION_BUDGET) * n;
+}
+
+/** FNV-1a: a cheap, stable bucket for a credential, so the credential itself is never kept. */
+function fingerprint(value: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < value.length; i++) h = Math.imul(h ^ value.charCodeAt(i), 0x01000193);
+  return (h >>> 0).toString(16).padStart(8, "0");
+}
+
+/** Until identities are verified, fair share keys on a fingerprint of the credential the client sent. */
+function callerOf(headers: Headers): string {
+  const credential = headers.get("api-key") ?? headers.get("authorization") ?? headers.get("ocp-apim-subscription-key") ?? headers.get("x-api-key");
+  return credential ? `key:${fingerprint(credential)}` : "anonymous";
+}
+
 export function classify(pathname: string, url: URL, headers: Headers, body: BodyBytes | null, config: SluiceConfig): Classified {
   let model: string | undefined;
   let operation: string | undefined;
   let azurePath = false;
-  let json: Record<string, unknown> | undefined;
   const azure = AZURE_DEPLOYMENT.exec(pathname);
   if (azure) {
     model = decodeURIComponent(azure[1]!);
@@ -75,8 +113,9 @@ export function classify(pathname: string, url: URL, headers: Headers, body: Bod
     azurePath = true;
   } else {
     operation = (OPENAI_V1.exec(pathname) ?? AZURE_RESPONSES.exec(pathname))?.[1];
-    json = parseJsonObject(body);
-    if (typeof json?.model === "string") model = json.model;
   }
-  return { api: apiKind(operation), model, azurePath, operation, priority: priorityOf(headers, url, config), json };
+  const json = parseJsonObject(body);
+  if (!azurePath && typeof json?.model === "string") model = json.model;
+  const priority = priorityOf(headers, url, config);
+  return { api: apiKind(operation), model, azurePath, operation, priority, json, cost: estimateTokens(body, json), caller: callerOf(headers) };
 }

@@ -6,6 +6,10 @@ import { GATEWAY_RESPONSE_HEADERS as H } from "./http/headers.ts";
 import { gatewayHeaders, proxyRequest, type ProxyContext } from "./proxy/handler.ts";
 import { webUpstream, type BodyBytes, type ClientSignal, type UpstreamFetch } from "./proxy/attempt.ts";
 import { BackendPool } from "./routing/pool.ts";
+import { resolvePriority } from "./priority.ts";
+import { InProcessScheduler } from "./scheduling/in-process.ts";
+import type { Scheduler } from "./scheduling/port.ts";
+import { ttlDeadline } from "./scheduling/ttl.ts";
 
 export interface GatewayOptions {
   config: SluiceConfig;
@@ -17,12 +21,30 @@ export interface GatewayOptions {
   clientSignal?: (request: Request, env: unknown) => ClientSignal | undefined;
   now?: () => number;
   random?: () => number;
+  /** The scheduler's backing store: in-process by default, a Durable Object on Workers. */
+  scheduler?: (pool: BackendPool, config: SluiceConfig) => Scheduler;
+}
+
+/** The in-process scheduler for a config (Node, Azure Functions, tests). */
+export function inProcessScheduler(pool: BackendPool, config: SluiceConfig, now: () => number = Date.now): Scheduler {
+  const s = config.scheduling;
+  const perLevel = new Map<number, number>();
+  for (const [name, cap] of Object.entries(s.maxQueuePerLevel)) perLevel.set(resolvePriority(name, config.priorities.levels)!, cap);
+  return new InProcessScheduler(pool, {
+    maxQueue: s.maxQueue,
+    maxQueuePerLevel: perLevel,
+    reservedShare: s.reservedShare,
+    latencyAlpha: config.routing.latencyAlpha,
+    queueFullRetryMs: s.queueFullRetryMs,
+    now,
+  });
 }
 
 export interface Gateway {
   app: Hono;
   fetch: Hono["fetch"];
   pool: BackendPool;
+  scheduler: Scheduler;
   config: SluiceConfig;
 }
 
@@ -36,11 +58,14 @@ export function createGateway(options: GatewayOptions): Gateway {
   const readBody = options.readBody ?? readRequestBody;
   const clientSignal = options.clientSignal ?? ((request: Request) => request.signal);
   const pool = new BackendPool(config, options.random);
+  const now = options.now ?? Date.now;
+  const scheduler = options.scheduler ? options.scheduler(pool, config) : inProcessScheduler(pool, config, now);
   const ctx: ProxyContext = {
     config,
     pool,
+    scheduler,
     upstream: options.upstream ?? webUpstream(),
-    now: options.now ?? Date.now,
+    now,
   };
   const app = new Hono();
 
@@ -55,6 +80,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     const now = ctx.now();
     return c.json({
       status: "ok",
+      queue: scheduler.stats(),
       backends: pool.backends.map((b) => ({
         name: b.name,
         group: b.group,
@@ -77,8 +103,10 @@ export function createGateway(options: GatewayOptions): Gateway {
     const headers = gatewayHeaders(requestId, 0, undefined);
     const body = NO_BODY.has(request.method) ? null : await readBody(request, c.env);
     let cls;
+    let deadline: number;
     try {
       cls = classify(url.pathname, url, request.headers, body, config);
+      deadline = ttlDeadline(request.headers.get("s7pttl"), now(), config.scheduling.defaultTtlMs);
     } catch (err) {
       if (err instanceof BadRequest) return errorResponse({ status: 400, code: err.code, message: err.message, headers });
       throw err;
@@ -100,7 +128,11 @@ export function createGateway(options: GatewayOptions): Gateway {
         headers,
       });
     }
-    return proxyRequest(ctx, { request, url, requestId, cls, body, eligible: backends, signal: clientSignal(request, c.env) });
+    if (deadline <= now()) {
+      return errorResponse({ status: 412, code: "ttl_expired", message: "the request's TTL had passed when it arrived; it was not sent", headers });
+    }
+    const eligible = backends.map((b) => b.name);
+    return proxyRequest(ctx, { request, url, requestId, cls, body, eligible, deadline, signal: clientSignal(request, c.env) });
   });
 
   app.onError((err) => {
@@ -108,5 +140,5 @@ export function createGateway(options: GatewayOptions): Gateway {
     return errorResponse({ status: 500, code: "internal_error", message: "the gateway failed to handle this request" });
   });
 
-  return { app, fetch: app.fetch, pool, config };
+  return { app, fetch: app.fetch, pool, scheduler, config };
 }

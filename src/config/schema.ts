@@ -139,6 +139,34 @@ const priorities = z
       .default({ high: 1, normal: 2, low: 3 })
       .describe("Priority names and their levels; a lower number is more urgent."),
     default: priorityRef.default("normal").describe("Priority of a request that names none."),
+    keys: z
+      .record(z.string().min(1), priorityRef)
+      .default({})
+      .describe("SimpleL7Proxy's S7PPriorityKey: header value → priority it grants."),
+  })
+  .strict();
+
+const scheduling = z
+  .object({
+    defaultTtlMs: z
+      .number()
+      .int()
+      .positive()
+      .default(120_000)
+      .describe("How long a request may wait for a backend when it sends no S7PTTL header; past it: 412."),
+    maxQueue: z.number().int().nonnegative().default(10_000).describe("Requests waiting at once, all priorities; beyond it: 429."),
+    maxQueuePerLevel: z
+      .record(z.string(), z.number().int().nonnegative())
+      .default({})
+      .describe("Per-priority queue limits, by priority name or level number."),
+    reservedShare: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.1)
+      .describe("Dispatches a less urgent level gets for each one of a more urgent level while both wait (0.1: about one in eleven)."),
+    queueFullRetryMs: z.number().int().nonnegative().default(1000).describe("Retry-After sent with a queue-full 429."),
+    maxRequeues: z.number().int().nonnegative().default(10).describe("Times one request may go back to the queue after S7PREQUEUE throttles."),
   })
   .strict();
 
@@ -162,6 +190,7 @@ export const configSchema = z
     priorities: priorities.prefault({}),
     routing: routing.prefault({}),
     resilience: resilience.prefault({}),
+    scheduling: scheduling.prefault({}),
     backends: z.array(backend).min(1),
   })
   .strict()
@@ -177,6 +206,16 @@ export const configSchema = z
           ctx.addIssue({ code: "custom", path: ["backends", i, "priorities", j], message: `unknown priority "${p}"` });
         }
       });
+    });
+    Object.entries(cfg.priorities.keys).forEach(([key, p]) => {
+      if (typeof p === "string" && !(p in cfg.priorities.levels)) {
+        ctx.addIssue({ code: "custom", path: ["priorities", "keys", key], message: `unknown priority "${p}"` });
+      }
+    });
+    Object.keys(cfg.scheduling.maxQueuePerLevel).forEach((p) => {
+      if (!(p in cfg.priorities.levels) && !/^-?\d+$/.test(p)) {
+        ctx.addIssue({ code: "custom", path: ["scheduling", "maxQueuePerLevel", p], message: `unknown priority "${p}"` });
+      }
     });
     const d = cfg.priorities.default;
     if (typeof d === "string" && !(d in cfg.priorities.levels)) {

@@ -1,11 +1,12 @@
 import type { SluiceConfig } from "../config/schema.ts";
 import type { Classified } from "../classify.ts";
 import { downstreamResponseHeaders, GATEWAY_RESPONSE_HEADERS as H, upstreamRequestHeaders } from "../http/headers.ts";
-import type { AttemptRecord } from "../http/errors.ts";
+import { errorResponse, retryAfterHeaders, type AttemptRecord } from "../http/errors.ts";
 import type { Backend } from "../routing/backend.ts";
 import type { BackendPool } from "../routing/pool.ts";
 import { applyCredentials, upstreamTarget } from "../routing/upstream-request.ts";
 import { retryAfterMs } from "../resilience/retry-after.ts";
+import type { QueuePlace, Scheduler } from "../scheduling/port.ts";
 import { sendAttempt, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "./attempt.ts";
 import { exhaustedResponse } from "./exhaustion.ts";
 import { relay } from "./relay.ts";
@@ -13,6 +14,7 @@ import { relay } from "./relay.ts";
 export interface ProxyContext {
   config: SluiceConfig;
   pool: BackendPool;
+  scheduler: Scheduler;
   upstream: UpstreamFetch;
   now: () => number;
 }
@@ -23,7 +25,10 @@ export interface ProxyInput {
   requestId: string;
   cls: Classified;
   body: BodyBytes | null;
-  eligible: readonly Backend[];
+  /** Names of the backends serving the model at the request's priority, lowest group first. */
+  eligible: readonly string[];
+  /** Epoch ms after which the request must not reach a backend. */
+  deadline: number;
   /** Aborts when the client goes away. */
   signal: ClientSignal | undefined;
 }
@@ -31,30 +36,57 @@ export interface ProxyInput {
 const CLIENT_GONE = 499;
 /** Statuses that must not carry a body (a Response with one is refused). */
 const NULL_BODY = new Set([101, 204, 205, 304]);
+const POLICY_CYCLE = "x-policycyclecounter";
 
 /**
- * Runs the attempt loop for one request: pick a free backend (lowest group first), send,
- * and on a failover outcome move on at once to the next — never sleeping in between.
+ * Runs the attempt loop for one request: wait for a slot from the scheduler, send, and on a
+ * failover outcome ask at once for a slot on the next backend — never sleeping in between. A
+ * 429 with `S7PREQUEUE: true` sends the request back to the queue in its old place until the
+ * backend's cooldown ends.
  */
 export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promise<Response> {
-  const { config, pool, now } = ctx;
-  const { request, cls, eligible } = input;
+  const { config, pool, scheduler, now } = ctx;
+  const { request, cls } = input;
   const res = config.resilience;
-  const maxAttempts = res.maxAttempts ?? eligible.length;
   const affinity = config.routing.affinity ? (request.headers.get(H.affinity) ?? undefined) : undefined;
   const baseHeaders = upstreamRequestHeaders(request.headers);
-  const tried = new Set<Backend>();
   const attempts: AttemptRecord[] = [];
+  let tried: string[] = [];
+  let budget = res.maxAttempts ?? input.eligible.length;
+  let requeues = 0;
+  let queuedMs = 0;
+  let place: QueuePlace | undefined;
+  let notBefore: number | undefined;
+  let policyCycle: string | null = null;
+  /** Earliest cooldown end this request's attempts caused: the Retry-After of an all-429 answer. */
+  let earliestCooldown = Number.POSITIVE_INFINITY;
+  const stamp = (backend?: string) => gatewayHeaders(input.requestId, attempts.length + (backend ? 1 : 0), backend, queuedMs);
 
-  while (attempts.length < maxAttempts) {
-    const backend = pool.pick(eligible, tried, now(), affinity);
-    if (!backend) break;
-    tried.add(backend);
-    if (!backend.acquire(now())) continue;
+  while (budget > 0) {
+    const decision = await scheduler.acquire(
+      { id: input.requestId, priority: cls.priority, caller: cls.caller, cost: cls.cost, deadline: input.deadline, eligible: input.eligible, tried, affinity, place, notBefore },
+      input.signal,
+    );
+    if (decision.kind === "cancelled") return new Response(null, { status: CLIENT_GONE });
+    if (decision.kind === "queue-full") {
+      return errorResponse({ status: 429, code: "queue_full", message: "the gateway's queue is full; retry later", headers: { ...stamp(), ...retryAfterHeaders(decision.retryAfterMs) } });
+    }
+    queuedMs += decision.queuedMs;
+    if (decision.kind === "expired") {
+      return errorResponse({ status: 412, code: "ttl_expired", message: "the request's TTL passed before a backend was free; it was not sent", attempts, headers: stamp() });
+    }
+    if (decision.kind !== "granted") {
+      return exhaustedResponse(attempts, decision.kind === "cooling" ? { reason: "cooling", retryAfterMs: decision.retryAfterMs } : decision, stamp());
+    }
+    place = decision.place;
+    notBefore = undefined;
+    const backend = pool.byName(decision.backend)!;
 
     const target = upstreamTarget(backend, cls, input.url, input.body);
     const headers = baseHeaders.slice();
     applyCredentials(backend, headers);
+    if (backend.kind === "apim") headers.push(["llm_proxy_priority", String(cls.priority)]);
+    if (policyCycle !== null) headers.push([POLICY_CYCLE, policyCycle]);
     const outcome = await sendAttempt(
       ctx.upstream,
       target.url,
@@ -63,18 +95,18 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
     );
 
     if (outcome.kind === "client-gone") {
-      backend.release();
-      backend.breaker.onAbandon();
+      scheduler.release(backend.name, { verdict: "abandoned" });
       return new Response(null, { status: CLIENT_GONE });
     }
     if (outcome.kind === "timeout" || outcome.kind === "network") {
-      backend.release();
-      backend.breaker.onFailure(now());
+      scheduler.release(backend.name, { verdict: "failure" });
       attempts.push(
         outcome.kind === "timeout"
           ? { backend: backend.name, status: 504, error: `timed out after ${outcome.ms} ms waiting for headers`, ms: outcome.ms }
           : { backend: backend.name, status: 502, error: outcome.error, ms: outcome.ms },
       );
+      tried.push(backend.name);
+      budget--;
       continue;
     }
 
@@ -82,37 +114,41 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
     const status = upstream.status;
     if (res.failoverOn.includes(status)) {
       upstream.body?.cancel().catch(() => undefined);
-      backend.release();
       const at = now();
-      if (res.cooldownOn.includes(status)) backend.coolDown(at + (retryAfterMs(upstream.headers, at) ?? res.defaultCooldownMs));
+      const cooldownUntil = res.cooldownOn.includes(status) ? at + (retryAfterMs(upstream.headers, at) ?? res.defaultCooldownMs) : undefined;
       // A throttle says nothing about the backend's health; errors and timeouts do.
-      if (status === 429) backend.breaker.onAbandon();
-      else backend.breaker.onFailure(at);
+      scheduler.release(backend.name, { verdict: status === 429 ? "throttled" : "failure", cooldownUntil });
+      if (cooldownUntil !== undefined) earliestCooldown = Math.min(earliestCooldown, cooldownUntil);
       attempts.push({ backend: backend.name, status, ms: outcome.ttfbMs });
+      policyCycle = upstream.headers.get(POLICY_CYCLE) ?? policyCycle;
+      if (status === 429 && upstream.headers.get("s7prequeue")?.toLowerCase() === "true" && requeues < config.scheduling.maxRequeues) {
+        // Back to the queue in its old place, every backend allowed again, not before the cooldown ends.
+        requeues++;
+        tried = [];
+        budget = res.maxAttempts ?? input.eligible.length;
+        notBefore = cooldownUntil;
+        continue;
+      }
+      tried.push(backend.name);
+      budget--;
       continue;
     }
-
-    if (status >= 500) backend.breaker.onFailure(now());
-    else {
-      backend.breaker.onSuccess();
-      backend.recordTtfb(outcome.ttfbMs, config.routing.latencyAlpha);
-    }
-    return respond(upstream, backend, attempts.length + 1, input.requestId, now);
+    return respond(upstream, backend, scheduler, stamp(backend.name), outcome.ttfbMs);
   }
 
-  return exhaustedResponse(attempts, eligible, now(), gatewayHeaders(input.requestId, attempts.length, undefined));
+  const wait = earliestCooldown - now();
+  return exhaustedResponse(attempts, { reason: "tried-all", retryAfterMs: Number.isFinite(wait) ? Math.max(0, wait) : undefined }, stamp());
 }
 
-function respond(upstream: UpstreamResponse, backend: Backend, attempts: number, requestId: string, now: () => number): Response {
+function respond(upstream: UpstreamResponse, backend: Backend, scheduler: Scheduler, stamp: Record<string, string>, ttfbMs: number): Response {
   const headers = downstreamResponseHeaders(upstream.headers);
-  const stamp = gatewayHeaders(requestId, attempts, backend.name);
   if (Array.isArray(headers)) headers.push(...Object.entries(stamp));
   else Object.assign(headers, stamp);
   const init = { status: upstream.status, headers };
-  const finish = (failed: boolean) => {
-    backend.release();
-    if (failed) backend.breaker.onFailure(now());
-  };
+  // A 5xx passed through (not in failoverOn) still counts against the backend's health.
+  const healthy = upstream.status < 500;
+  const finish = (failed: boolean) =>
+    scheduler.release(backend.name, failed || !healthy ? { verdict: "failure" } : { verdict: "success", ttfbMs });
   if (upstream.wholeBody) {
     finish(false);
     return new Response(upstream.wholeBody, init);
@@ -129,8 +165,8 @@ function respond(upstream: UpstreamResponse, backend: Backend, attempts: number,
 }
 
 /** The headers the gateway puts on every response it sends. */
-export function gatewayHeaders(requestId: string, attempts: number, backend: string | undefined): Record<string, string> {
-  const h: Record<string, string> = { [H.requestId]: requestId, [H.attempts]: String(attempts), [H.queueMs]: "0" };
+export function gatewayHeaders(requestId: string, attempts: number, backend: string | undefined, queuedMs = 0): Record<string, string> {
+  const h: Record<string, string> = { [H.requestId]: requestId, [H.attempts]: String(attempts), [H.queueMs]: String(Math.round(queuedMs)) };
   if (backend) {
     h[H.backend] = backend;
     h[H.affinity] = backend;

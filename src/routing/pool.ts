@@ -1,5 +1,5 @@
 import type { SluiceConfig } from "../config/schema.ts";
-import { Backend, type Unavailability } from "./backend.ts";
+import { Backend } from "./backend.ts";
 import { createStrategy, type Strategy, type StrategyContext } from "./strategies.ts";
 
 export interface Eligibility {
@@ -7,11 +7,6 @@ export interface Eligibility {
   modelKnown: boolean;
   /** Backends serving the model at this priority, lowest group first. */
   backends: Backend[];
-}
-
-export interface Refusal {
-  /** Why each untried eligible backend could not be used. */
-  reasons: Map<Backend, Unavailability>;
 }
 
 /** All backends of one config version, grouped by priority group. */
@@ -43,6 +38,11 @@ export class BackendPool {
       if (b.acceptsPriority(priority)) backends.push(b);
     }
     return { modelKnown, backends };
+  }
+
+  /** Whether one of the untried backends could take a request now (no strategy state touched). */
+  hasFree(eligible: readonly Backend[], tried: ReadonlySet<Backend>, now: number): boolean {
+    return eligible.some((b) => !tried.has(b) && !b.unavailable(now));
   }
 
   /**

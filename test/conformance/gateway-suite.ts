@@ -541,7 +541,7 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expectServedBy(await gw.chat({ "x-priority": "high" }), "b1");
       });
 
-      it("every eligible backend cooling down → 429 with Retry-After / retry-after-ms of the earliest cooldown end, no attempt", async () => {
+      it("every eligible backend cooling down past the TTL → 429 with Retry-After / retry-after-ms of the earliest cooldown end, no attempt; within the TTL → waits and is served", async () => {
         const { gw, b1, b2 } = await primaryAndSpare();
         await warmUp(gw, [b1, b2]);
         b1.sim.script([{ status: 429, headers: { "retry-after-ms": "3000" } }]);
@@ -551,7 +551,7 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expect(first.status, first.text).toBe(429);
         expect([received(b1), received(b2)]).toEqual([1, 1]);
 
-        const r = await gw.chat();
+        const r = await gw.chat({ S7PTTL: "1" });
         const elapsed = Date.now() - tStart;
         expect(r.status, r.text).toBe(429);
         expect(r.attempts).toBe(0);
@@ -563,6 +563,12 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expect(ms).toBeLessThanOrEqual(3_000);
         expect(ms).toBeGreaterThanOrEqual(3_000 - elapsed - 100);
         expect(r.headers.get("retry-after")).toBe(String(Math.ceil(ms / 1000)));
+
+        // With the default TTL the request waits in the queue until b1's cooldown ends.
+        const waited = await gw.chat();
+        expectServedBy(waited, "b1");
+        expect(Date.now() - tStart).toBeGreaterThanOrEqual(2_900);
+        expect(Number(waited.headers.get("x-sluice-queue-ms"))).toBeGreaterThan(1_000);
       });
 
       it("the only backend at its concurrency limit → 429 with Retry-After (or, with a queue, served after the first finished)", async () => {

@@ -1,0 +1,314 @@
+import type { ClientSignal } from "../proxy/attempt.ts";
+import type { Backend } from "../routing/backend.ts";
+import type { BackendPool } from "../routing/pool.ts";
+import { Heap } from "./heap.ts";
+import type { LevelStats, QueuePlace, Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "./port.ts";
+
+export interface SchedulerOptions {
+  /** Requests waiting at once, all levels together. */
+  maxQueue: number;
+  /** Per-level limits, by level number. */
+  maxQueuePerLevel: ReadonlyMap<number, number>;
+  /** Share of dispatches a less urgent level gets while more urgent ones are waiting too. */
+  reservedShare: number;
+  latencyAlpha: number;
+  /** Retry-After suggested when the queue is full. */
+  queueFullRetryMs: number;
+  now: () => number;
+}
+
+interface Waiter {
+  req: SlotRequest;
+  place: QueuePlace;
+  eligible: Backend[];
+  tried: Set<Backend>;
+  lane: Lane;
+  level: Level;
+  resolve: (decision: SlotDecision) => void;
+  expiry?: ReturnType<typeof setTimeout>;
+  parkedUntil?: number;
+  wake?: ReturnType<typeof setTimeout>;
+  onAbort?: () => void;
+  signal?: ClientSignal;
+  settled?: boolean;
+}
+
+/** One priority level of a lane: start-time fair queuing between callers, FIFO per caller. */
+class Level {
+  readonly heap = new Heap<Waiter>((a, b) => a.place.tag < b.place.tag || (a.place.tag === b.place.tag && a.place.seq < b.place.seq));
+  /** Virtual time: the tag of the last request dispatched from this level. */
+  virtualTime = 0;
+  readonly lastFinish = new Map<string, number>();
+  /** Reserved-share credit earned while more urgent levels were served. */
+  credit = 0;
+
+  constructor(readonly level: number) {}
+
+  /** A new request's start tag: after the caller's previous one, never before virtual time. */
+  tagFor(caller: string, cost: number): number {
+    const start = Math.max(this.virtualTime, this.lastFinish.get(caller) ?? 0);
+    this.lastFinish.set(caller, start + cost);
+    if (this.lastFinish.size > 4096) {
+      // Callers whose last finish is behind virtual time start fresh anyway.
+      for (const [c, f] of this.lastFinish) if (f <= this.virtualTime) this.lastFinish.delete(c);
+    }
+    return start;
+  }
+}
+
+/**
+ * Requests that can go to the same backends (same eligible set, same backends already tried)
+ * wait in one lane, so that when none of a lane's backends is free, none of its waiters is
+ * looked at.
+ */
+class Lane {
+  readonly levels = new Map<number, Level>();
+  waiting = 0;
+
+  constructor(
+    readonly key: string,
+    readonly eligible: Backend[],
+    readonly tried: Set<Backend>,
+  ) {}
+
+  level(n: number): Level {
+    let l = this.levels.get(n);
+    if (!l) {
+      l = new Level(n);
+      this.levels.set(n, l);
+    }
+    return l;
+  }
+
+  /**
+   * The level to serve next: the most urgent one with waiters, unless a less urgent one has
+   * earned a turn through its reserved share.
+   */
+  nextLevel(): Level | undefined {
+    let urgent: Level | undefined;
+    let owed: Level | undefined;
+    for (const l of this.levels.values()) {
+      if (!l.heap.size) continue;
+      if (!urgent || l.level < urgent.level) urgent = l;
+      if (l.credit >= 1 && (!owed || l.credit > owed.credit)) owed = l;
+    }
+    return owed ?? urgent;
+  }
+
+  /** After serving `served`, every less urgent level with waiters earns its share. */
+  accrue(served: Level, share: number): void {
+    if (served.credit >= 1) {
+      served.credit -= 1;
+      return;
+    }
+    for (const l of this.levels.values()) if (l.level > served.level && l.heap.size) l.credit += share;
+  }
+}
+
+const laneKey = (eligible: readonly string[], tried: readonly string[]) => `${eligible.join(",")}|${[...tried].sort().join(",")}`;
+
+/** The scheduler for one process (Node, Azure Functions): every operation O(log n) in the waiters of a level. */
+export class InProcessScheduler implements Scheduler {
+  private readonly lanes = new Map<string, Lane>();
+  private readonly levelStats = new Map<number, LevelStats>();
+  private waiting = 0;
+  private seq = 0;
+  private wakeAt = Number.POSITIVE_INFINITY;
+  private wakeTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    private readonly pool: BackendPool,
+    private readonly options: SchedulerOptions,
+  ) {}
+
+  acquire(req: SlotRequest, signal?: ClientSignal): Promise<SlotDecision> {
+    const now = this.options.now();
+    if (signal?.aborted) return Promise.resolve({ kind: "cancelled" });
+    const queuedSoFar = req.place ? now - req.place.enqueuedAt : 0;
+    if (now >= req.deadline) return Promise.resolve({ kind: "expired", queuedMs: queuedSoFar });
+
+    const eligible = req.eligible.map((n) => this.pool.byName(n)).filter((b): b is Backend => b !== undefined);
+    const tried = new Set(req.tried.map((n) => this.pool.byName(n)).filter((b): b is Backend => b !== undefined));
+    const untried = eligible.filter((b) => !tried.has(b));
+    if (!untried.length) return Promise.resolve({ kind: "unavailable", reason: "tried-all", retryAfterMs: this.coolingWait(eligible, now), queuedMs: queuedSoFar });
+
+    // Nobody waits, so nobody can be overtaken: take a free backend at once.
+    if (!this.waiting && !req.place && !(req.notBefore && req.notBefore > now)) {
+      const free = this.pool.pick(eligible, tried, now, req.affinity);
+      if (free?.acquire(now)) {
+        const stat = this.levelStat(req.priority);
+        stat.dispatched++;
+        return Promise.resolve({ kind: "granted", backend: free.name, queuedMs: 0, place: { seq: ++this.seq, tag: 0, enqueuedAt: now } });
+      }
+    }
+
+    const blocked = this.blockedVerdict(untried, req.deadline, now, queuedSoFar);
+    if (blocked && blocked.kind !== "park") return Promise.resolve(blocked);
+
+    const level = req.priority;
+    const levelCap = this.options.maxQueuePerLevel.get(level);
+    if (!req.place && (this.waiting >= this.options.maxQueue || (levelCap !== undefined && this.levelStat(level).waiting >= levelCap))) {
+      return Promise.resolve({ kind: "queue-full", retryAfterMs: this.options.queueFullRetryMs });
+    }
+
+    const key = laneKey(req.eligible, req.tried);
+    let lane = this.lanes.get(key);
+    if (!lane) {
+      lane = new Lane(key, eligible, tried);
+      this.lanes.set(key, lane);
+    }
+    const lvl = lane.level(level);
+    const place = req.place ?? { seq: ++this.seq, tag: lvl.tagFor(req.caller, Math.max(1, req.cost)), enqueuedAt: now };
+
+    return new Promise<SlotDecision>((resolve) => {
+      const w: Waiter = { req, place, eligible, tried, lane: lane!, level: lvl, resolve, signal };
+      this.waiting++;
+      lane!.waiting++;
+      this.levelStat(level).waiting++;
+      if (Number.isFinite(req.deadline)) {
+        w.expiry = setTimeout(() => this.finish(w, { kind: "expired", queuedMs: this.options.now() - place.enqueuedAt }), Math.max(0, req.deadline - now));
+      }
+      if (signal) {
+        w.onAbort = () => this.finish(w, { kind: "cancelled" });
+        signal.addEventListener("abort", w.onAbort, { once: true });
+      }
+      const notBefore = Math.max(req.notBefore ?? 0, blocked?.kind === "park" ? blocked.until : 0);
+      if (notBefore > now) this.park(w, notBefore);
+      else lvl.heap.push(w);
+      this.dispatch();
+    });
+  }
+
+  release(name: string, outcome: SlotRelease): void {
+    const b = this.pool.byName(name);
+    if (!b) return;
+    const now = this.options.now();
+    b.release();
+    switch (outcome.verdict) {
+      case "success":
+        b.breaker.onSuccess();
+        if (outcome.ttfbMs !== undefined) b.recordTtfb(outcome.ttfbMs, this.options.latencyAlpha);
+        break;
+      case "failure":
+        b.breaker.onFailure(now);
+        break;
+      default:
+        b.breaker.onAbandon();
+    }
+    if (outcome.cooldownUntil !== undefined && outcome.cooldownUntil > now) {
+      b.coolDown(outcome.cooldownUntil);
+      this.wakeUpAt(outcome.cooldownUntil);
+    }
+    if (b.breaker.state(now) === "open") this.wakeUpAt(b.breaker.reopensAt());
+    this.dispatch();
+  }
+
+  stats(): SchedulerStats {
+    return { waiting: this.waiting, levels: [...this.levelStats.values()].sort((a, b) => a.level - b.level).map((l) => ({ ...l })) };
+  }
+
+  private levelStat(level: number): LevelStats {
+    let s = this.levelStats.get(level);
+    if (!s) {
+      s = { level, waiting: 0, dispatched: 0, waitedMs: 0 };
+      this.levelStats.set(level, s);
+    }
+    return s;
+  }
+
+  /** Earliest end of a cooldown among these backends, as a wait from now. */
+  private coolingWait(backends: readonly Backend[], now: number): number | undefined {
+    let end = Number.POSITIVE_INFINITY;
+    for (const b of backends) if (b.cooldownUntil > now && b.cooldownUntil < end) end = b.cooldownUntil;
+    return Number.isFinite(end) ? end - now : undefined;
+  }
+
+  /**
+   * When no untried backend can ever take the request before its deadline: every one cooling
+   * past it, or every circuit open. `park` when the only obstacle is a cooldown that ends in
+   * time (the request waits for it, keeping its place).
+   */
+  private blockedVerdict(untried: Backend[], deadline: number, now: number, queuedMs: number): SlotDecision | { kind: "park"; until: number } | undefined {
+    let coolingEnd = Number.POSITIVE_INFINITY;
+    let open = 0;
+    for (const b of untried) {
+      const why = b.unavailable(now);
+      if (why === undefined || why === "busy") return undefined;
+      if (why === "open") open++;
+      else if (b.cooldownUntil < coolingEnd) coolingEnd = b.cooldownUntil;
+    }
+    if (open === untried.length) {
+      const reopen = Math.min(...untried.map((b) => b.breaker.reopensAt()));
+      return { kind: "unavailable", reason: "circuit-open", retryAfterMs: Math.max(0, reopen - now), queuedMs };
+    }
+    if (coolingEnd >= deadline) return { kind: "cooling", retryAfterMs: coolingEnd - now, queuedMs };
+    return { kind: "park", until: coolingEnd };
+  }
+
+  /** Holds a waiter out of its level's heap until `until`, then puts it back in its old place. */
+  private park(w: Waiter, until: number): void {
+    w.parkedUntil = until;
+    w.wake = setTimeout(() => {
+      w.wake = undefined;
+      w.parkedUntil = undefined;
+      w.level.heap.push(w);
+      this.dispatch();
+    }, Math.max(0, until - this.options.now()));
+  }
+
+  /** One timer for backend state changes (cooldown ends, breakers reopening): the earliest. */
+  private wakeUpAt(at: number): void {
+    if (!this.waiting || at >= this.wakeAt) return;
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeAt = at;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = undefined;
+      this.wakeAt = Number.POSITIVE_INFINITY;
+      this.dispatch();
+    }, Math.max(0, at - this.options.now()));
+  }
+
+  /**
+   * Serves waiters while backends have room: among the lanes whose backends have a free slot,
+   * the most urgent head (reserved share included), earliest arrival across lanes.
+   */
+  private dispatch(): void {
+    const now = this.options.now();
+    for (;;) {
+      let best: Waiter | undefined;
+      for (const lane of this.lanes.values()) {
+        if (!lane.waiting) continue;
+        const head = lane.nextLevel()?.heap.peek();
+        if (!head) continue;
+        if (best && (head.level.level > best.level.level || (head.level.level === best.level.level && head.place.seq > best.place.seq))) continue;
+        if (this.pool.hasFree(lane.eligible, lane.tried, now)) best = head;
+      }
+      if (!best) break;
+      const w = best;
+      const backend = this.pool.pick(w.lane.eligible, w.lane.tried, now, w.req.affinity);
+      if (!backend || !backend.acquire(now)) break;
+      w.level.heap.pop();
+      w.level.virtualTime = Math.max(w.level.virtualTime, w.place.tag);
+      w.lane.accrue(w.level, this.options.reservedShare);
+      const stat = this.levelStat(w.level.level);
+      const queuedMs = now - w.place.enqueuedAt;
+      stat.dispatched++;
+      stat.waitedMs += queuedMs;
+      this.finish(w, { kind: "granted", backend: backend.name, queuedMs, place: w.place }, true);
+    }
+  }
+
+  private finish(w: Waiter, decision: SlotDecision, alreadyPopped = false): void {
+    if (w.settled) return;
+    w.settled = true;
+    if (w.expiry) clearTimeout(w.expiry);
+    if (w.wake) clearTimeout(w.wake);
+    if (w.onAbort) w.signal?.removeEventListener("abort", w.onAbort);
+    if (!alreadyPopped && w.parkedUntil === undefined) w.level.heap.remove(w);
+    this.waiting--;
+    w.lane.waiting--;
+    this.levelStat(w.level.level).waiting--;
+    if (!w.lane.waiting) this.lanes.delete(w.lane.key);
+    w.resolve(decision);
+  }
+}
