@@ -76,11 +76,12 @@ export function createGateway(options: GatewayOptions): Gateway {
     const usable = pool.backends.some((b) => b.breaker.canPass(now));
     return c.text(usable ? "ready" : "no usable backend", usable ? 200 : 503);
   });
-  app.get("/_gateway/health", (c) => {
+  app.get("/_gateway/health", async (c) => {
+    const queue = await scheduler.stats();
     const now = ctx.now();
     return c.json({
       status: "ok",
-      queue: scheduler.stats(),
+      queue,
       backends: pool.backends.map((b) => ({
         name: b.name,
         group: b.group,

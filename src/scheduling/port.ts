@@ -80,5 +80,6 @@ export interface SchedulerStats {
 export interface Scheduler {
   acquire(request: SlotRequest, signal?: ClientSignal): Promise<SlotDecision>;
   release(backend: string, outcome: SlotRelease): void;
-  stats(): SchedulerStats;
+  /** Queue depth and waits per level (a remote store answers asynchronously). */
+  stats(): SchedulerStats | Promise<SchedulerStats>;
 }
