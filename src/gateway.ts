@@ -112,7 +112,7 @@ export function createGateway(options: GatewayOptions): Gateway {
       if (err instanceof BadRequest) return errorResponse({ status: 400, code: err.code, message: err.message, headers });
       throw err;
     }
-    const { modelKnown, backends } = pool.eligible(cls.model, cls.priority);
+    const { modelKnown, names: eligible } = pool.eligible(cls.model, cls.priority);
     if (!modelKnown) {
       return errorResponse({
         status: 404,
@@ -121,7 +121,7 @@ export function createGateway(options: GatewayOptions): Gateway {
         headers,
       });
     }
-    if (!backends.length) {
+    if (!eligible.length) {
       return errorResponse({
         status: 503,
         code: "no_eligible_backend",
@@ -132,7 +132,6 @@ export function createGateway(options: GatewayOptions): Gateway {
     if (deadline <= now()) {
       return errorResponse({ status: 412, code: "ttl_expired", message: "the request's TTL had passed when it arrived; it was not sent", headers });
     }
-    const eligible = backends.map((b) => b.name);
     return proxyRequest(ctx, { request, url, requestId, cls, body, eligible, deadline, signal: clientSignal(request, c.env) });
   });
 

@@ -1,13 +1,26 @@
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 
-/** The no-config demo: a small "PTU" backend first, spilling over to "PAYG". */
+/**
+ * The no-config demo: a small "PTU" backend first, spilling over to "PAYG" for high and
+ * normal traffic only, both with room for two requests at once, so that a burst of
+ * low-priority streams visibly waits in the gateway's queue.
+ */
 export function demoConfig(ptuUrl: string, paygUrl: string, port: number): SluiceConfigInput {
   const models = ["gpt-4o", "gpt-4o-mini", { name: "text-embedding-3-small", deployment: "embeddings" }];
   return {
     server: { port },
     backends: [
       { name: "ptu", url: ptuUrl, kind: "azure-openai", group: 1, maxConcurrency: 2, models, auth: { type: "api-key", key: "ptu-demo-key" } },
-      { name: "payg", url: paygUrl, kind: "azure-openai", group: 2, models, auth: { type: "api-key", key: "payg-demo-key" } },
+      {
+        name: "payg",
+        url: paygUrl,
+        kind: "azure-openai",
+        group: 2,
+        maxConcurrency: 2,
+        priorities: ["high", "normal"],
+        models,
+        auth: { type: "api-key", key: "payg-demo-key" },
+      },
     ],
   };
 }

@@ -5,20 +5,26 @@ import { createStrategy, type Strategy, type StrategyContext } from "./strategie
 export interface Eligibility {
   /** Some backend serves the model at all (else: 404). */
   modelKnown: boolean;
-  /** Backends serving the model at this priority, lowest group first. */
-  backends: Backend[];
+  /** Names of the backends serving the model at this priority, lowest group first. */
+  names: readonly string[];
 }
+
+/** Distinct (model, priority) answers kept; a '*' backend lets clients name any model. */
+const ELIGIBILITY_CACHE_MAX = 1024;
 
 /** All backends of one config version, grouped by priority group. */
 export class BackendPool {
   readonly backends: Backend[];
   private readonly strategies = new Map<number, Strategy>();
+  private readonly eligibility = new Map<string, Eligibility>();
+  private readonly named: Map<string, Backend>;
   private readonly ctx: StrategyContext;
 
   constructor(config: SluiceConfig, random: () => number = Math.random) {
     this.backends = config.backends
       .map((b) => new Backend(b, config))
       .sort((a, b) => a.group - b.group);
+    this.named = new Map(this.backends.map((b) => [b.name, b]));
     for (const b of this.backends) {
       if (!this.strategies.has(b.group)) this.strategies.set(b.group, createStrategy(config.routing.strategy));
     }
@@ -26,18 +32,25 @@ export class BackendPool {
   }
 
   byName(name: string): Backend | undefined {
-    return this.backends.find((b) => b.name === name);
+    return this.named.get(name);
   }
 
+  /** Which backends may take a request for `model` at `priority`; the answer is the same for every request, so it is kept. */
   eligible(model: string | undefined, priority: number): Eligibility {
-    const backends: Backend[] = [];
+    const key = `${priority}|${model ?? ""}`;
+    const known = this.eligibility.get(key);
+    if (known) return known;
+    const names: string[] = [];
     let modelKnown = false;
     for (const b of this.backends) {
       if (b.deploymentFor(model) === undefined) continue;
       modelKnown = true;
-      if (b.acceptsPriority(priority)) backends.push(b);
+      if (b.acceptsPriority(priority)) names.push(b.name);
     }
-    return { modelKnown, backends };
+    const answer = { modelKnown, names };
+    if (this.eligibility.size >= ELIGIBILITY_CACHE_MAX) this.eligibility.clear();
+    this.eligibility.set(key, answer);
+    return answer;
   }
 
   /** Whether one of the untried backends could take a request now (no strategy state touched). */
