@@ -1,0 +1,90 @@
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { ResponseMeter } from "../../src/metering/meter.ts";
+import type { Usage } from "../../src/metering/usage.ts";
+
+const dir = new URL("../../../shared/fixtures/recorded/", import.meta.url);
+const load = (name: string) => new Uint8Array(readFileSync(new URL(name, dir)));
+
+/**
+ * Every recorded response that carries usage, with the numbers it carries. gemini-2.5.txt is
+ * left out: it is notes holding two documents and prose, not one response body.
+ */
+const EXPECTED: Record<string, Omit<Usage, "source">> = {
+  "openAI.txt": { promptTokens: 41, completionTokens: 512, totalTokens: 553 },
+  "aoai2.txt": { promptTokens: 26, completionTokens: 24, totalTokens: 50, cachedTokens: 0, reasoningTokens: 0 },
+  "4o-mini.txt": { promptTokens: 58, completionTokens: 1000, totalTokens: 1058, cachedTokens: 0, reasoningTokens: 0 },
+  "gpt5-nano.txt": { promptTokens: 71, completionTokens: 200, totalTokens: 271, cachedTokens: 0, reasoningTokens: 200 },
+  "gpt5-nano-response.txt": { promptTokens: 30, completionTokens: 448, totalTokens: 478, cachedTokens: 0, reasoningTokens: 448 },
+  "embeddings.txt": { promptTokens: 9, completionTokens: 0, totalTokens: 9 },
+  "multiline.txt": { promptTokens: 10, completionTokens: 28, totalTokens: 38, cachedTokens: 0, cacheCreationTokens: 0 },
+  "claude-3.5-haiku.txt": { promptTokens: 10, completionTokens: 11, totalTokens: 21, cachedTokens: 0, cacheCreationTokens: 0 },
+  "claude-sonnet-3.5.txt": { promptTokens: 10, completionTokens: 35, totalTokens: 45, cachedTokens: 0, cacheCreationTokens: 0 },
+  "anthropoc-claude-sonnet-4.txt": { promptTokens: 14, completionTokens: 28, totalTokens: 42, cachedTokens: 0, cacheCreationTokens: 0 },
+  "claude-code-cli.txt": { promptTokens: 10, completionTokens: 246, totalTokens: 256, cachedTokens: 18281, cacheCreationTokens: 440 },
+  "gemini-2.5-pro-chat.txt": { promptTokens: 8, completionTokens: 750, totalTokens: 2163, reasoningTokens: 1405 },
+  "gemini-2.5-pro-stream.txt": { promptTokens: 8, completionTokens: 716, totalTokens: 1984, reasoningTokens: 1260 },
+  "gemini-2.5-pro.txt": { promptTokens: 6, completionTokens: 19, totalTokens: 1465, reasoningTokens: 1440 },
+  "gemini-2.5-flash-lite.txt": { promptTokens: 7, completionTokens: 1684, totalTokens: 1691 },
+};
+
+const isSse = (bytes: Uint8Array) => /^\s*(data|event):/.test(new TextDecoder().decode(bytes.subarray(0, 32)));
+
+/** Deterministic odd splits: 1, 7, 13, 3 … bytes, cutting through lines and multi-byte characters. */
+function oddlySplit(bytes: Uint8Array): Uint8Array[] {
+  const sizes = [1, 7, 13, 3, 29, 2, 61];
+  const out: Uint8Array[] = [];
+  for (let at = 0, i = 0; at < bytes.length; i++) {
+    const n = sizes[i % sizes.length]!;
+    out.push(bytes.subarray(at, at + n));
+    at += n;
+  }
+  return out;
+}
+
+function meter(bytes: Uint8Array, chunks: Uint8Array[]) {
+  const m = new ResponseMeter({ sse: isSse(bytes), stripUsageChunk: false, promptEstimate: 99 });
+  const passed: Uint8Array[] = chunks.map((c) => m.chunk(c));
+  return { usage: m.usage(), passed: Buffer.concat(passed) };
+}
+
+describe("metering the recorded provider responses", () => {
+  for (const [name, expected] of Object.entries(EXPECTED)) {
+    it(`${name}: exactly its numbers, delivered whole or in small oddly split chunks, bytes untouched`, () => {
+      const bytes = load(name);
+      for (const chunks of [[bytes], oddlySplit(bytes)]) {
+        const { usage, passed } = meter(bytes, chunks);
+        expect(usage).toEqual({ ...expected, source: "provider" });
+        expect(passed.equals(Buffer.from(bytes))).toBe(true);
+      }
+    });
+  }
+
+  it("estimates, and says so, when a stream carries no usage", () => {
+    const text = "data: " + JSON.stringify({ choices: [{ delta: { content: "Hello there, friend" } }] }) + "\n\ndata: [DONE]\n\n";
+    const m = new ResponseMeter({ sse: true, stripUsageChunk: false, promptEstimate: 12 });
+    m.chunk(new TextEncoder().encode(text));
+    expect(m.usage()).toEqual({ promptTokens: 12, completionTokens: 5, totalTokens: 17, source: "estimated" });
+  });
+
+  it("removes only the usage-only chunk it asked for, keeping every other byte", () => {
+    const bytes = load("openAI.txt");
+    const text = new TextDecoder().decode(bytes);
+    const usageEvent = text.slice(text.lastIndexOf("data: {"), text.lastIndexOf("data: [DONE]"));
+    expect(usageEvent).toContain('"choices":[]');
+    for (const chunks of [[bytes], oddlySplit(bytes)]) {
+      const m = new ResponseMeter({ sse: true, stripUsageChunk: true, promptEstimate: 1 });
+      const out = chunks.map((c) => m.chunk(c));
+      const rest = m.flush();
+      if (rest) out.push(rest);
+      expect(new TextDecoder().decode(Buffer.concat(out))).toBe(text.replace(usageEvent, ""));
+      expect(m.usage()).toMatchObject({ promptTokens: 41, completionTokens: 512, source: "provider" });
+    }
+    // Azure's first chunk also has "choices": [] but no usage: it stays.
+    const azure = load("aoai2.txt");
+    const m = new ResponseMeter({ sse: true, stripUsageChunk: true, promptEstimate: 1 });
+    const out = new TextDecoder().decode(m.chunk(azure));
+    expect(out.startsWith('data: {"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results"')).toBe(true);
+    expect(out).not.toContain('"usage":{"completion_tokens"');
+  });
+});
