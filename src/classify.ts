@@ -16,8 +16,12 @@ export interface Classified {
   priority: number;
   /** Parsed JSON body, when the body is a JSON object. */
   json: Record<string, unknown> | undefined;
-  /** Estimated tokens (prompt + completion budget): the request's weight in fair share. */
+  /** Estimated tokens (prompt + completion budget): the request's weight in fair share and its reservation against limits. */
   cost: number;
+  /** The completion part of `cost`: max_tokens (or the default budget) × n. */
+  completionBudget: number;
+  /** The client asked for a streamed answer. */
+  stream: boolean;
   /** Fair-share key of the client. */
   caller: string;
 }
@@ -81,12 +85,12 @@ const DEFAULT_COMPLETION_BUDGET = 256;
  * Tokens a request may cost: about one per four bytes of body for the prompt, plus the
  * completion budget it asks for (`max_tokens` and friends, 256 when unset) times `n`.
  */
-export function estimateTokens(body: BodyBytes | null, json: Record<string, unknown> | undefined): number {
-  const prompt = Math.ceil((body?.byteLength ?? 0) / 4);
-  if (!json) return Math.max(1, prompt);
+export function estimateTokens(body: BodyBytes | null, json: Record<string, unknown> | undefined): { prompt: number; completion: number } {
+  const prompt = Math.max(1, Math.ceil((body?.byteLength ?? 0) / 4));
+  if (!json) return { prompt, completion: 0 };
   const budget = json.max_tokens ?? json.max_completion_tokens ?? json.max_output_tokens;
   const n = typeof json.n === "number" && json.n > 0 ? json.n : 1;
-  return prompt + (typeof budget === "number" && budget >= 0 ? budget : DEFAULT_COMPLETION_BUDGET) * n;
+  return { prompt, completion: (typeof budget === "number" && budget >= 0 ? budget : DEFAULT_COMPLETION_BUDGET) * n };
 }
 
 /** FNV-1a: a cheap, stable bucket for a credential, so the credential itself is never kept. */
@@ -117,5 +121,19 @@ export function classify(pathname: string, url: URL, headers: Headers, body: Bod
   const json = parseJsonObject(body);
   if (!azurePath && typeof json?.model === "string") model = json.model;
   const priority = priorityOf(headers, url, config);
-  return { api: apiKind(operation), model, azurePath, operation, priority, json, cost: estimateTokens(body, json), caller: callerOf(headers) };
+  const api = apiKind(operation);
+  // Embeddings produce no completion: their cost is the input alone.
+  const estimate = estimateTokens(body, api === "embeddings" ? undefined : json);
+  return {
+    api,
+    model,
+    azurePath,
+    operation,
+    priority,
+    json,
+    cost: estimate.prompt + estimate.completion,
+    completionBudget: estimate.completion,
+    stream: json?.stream === true,
+    caller: callerOf(headers),
+  };
 }

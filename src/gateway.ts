@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import type { SluiceConfig } from "./config/schema.ts";
-import { BadRequest, classify } from "./classify.ts";
+import { BadRequest, classify, type Classified } from "./classify.ts";
 import { errorResponse } from "./http/errors.ts";
 import { GATEWAY_RESPONSE_HEADERS as H } from "./http/headers.ts";
 import { gatewayHeaders, proxyRequest, type ProxyContext } from "./proxy/handler.ts";
@@ -10,6 +10,7 @@ import { resolvePriority } from "./priority.ts";
 import { InProcessScheduler } from "./scheduling/in-process.ts";
 import type { Scheduler } from "./scheduling/port.ts";
 import { ttlDeadline } from "./scheduling/ttl.ts";
+import { FanOutSink, RequestRecord, type UsageSink } from "./metering/events.ts";
 
 export interface GatewayOptions {
   config: SluiceConfig;
@@ -21,6 +22,8 @@ export interface GatewayOptions {
   clientSignal?: (request: Request, env: unknown) => ClientSignal | undefined;
   now?: () => number;
   random?: () => number;
+  /** Where usage events go; the adapter builds them from `metering.sinks` for its runtime. Default: none. */
+  usageSinks?: readonly UsageSink[];
   /** The scheduler's backing store: in-process by default, a Durable Object on Workers. */
   scheduler?: (pool: BackendPool, config: SluiceConfig) => Scheduler;
 }
@@ -50,6 +53,22 @@ export interface Gateway {
 
 const NO_BODY = new Set(["GET", "HEAD"]);
 
+const encoder = new TextEncoder();
+
+/**
+ * A streamed chat/completions request that does not ask for usage gets `include_usage` added
+ * (a documented rewrite), so the stream can be metered exactly; the extra chunk is removed
+ * before the client sees it. Returns the body to send, or undefined to send the client's bytes.
+ */
+function withStreamUsage(cls: Classified): BodyBytes | undefined {
+  const json = cls.json;
+  if (!json || !cls.stream || (cls.api !== "chat" && cls.api !== "completions")) return undefined;
+  const options = json.stream_options && typeof json.stream_options === "object" ? (json.stream_options as Record<string, unknown>) : {};
+  if (options.include_usage === true) return undefined;
+  cls.json = { ...json, stream_options: { ...options, include_usage: true } };
+  return encoder.encode(JSON.stringify(cls.json));
+}
+
 const readRequestBody = async (request: Request): Promise<BodyBytes> => new Uint8Array(await request.arrayBuffer());
 
 /** The gateway: one Hono app on Web-standard APIs, the same on every runtime. */
@@ -57,6 +76,8 @@ export function createGateway(options: GatewayOptions): Gateway {
   const config = options.config;
   const readBody = options.readBody ?? readRequestBody;
   const clientSignal = options.clientSignal ?? ((request: Request) => request.signal);
+  const sink = new FanOutSink(options.usageSinks ?? []);
+  const defaultLevel = resolvePriority(config.priorities.default, config.priorities.levels)!;
   const pool = new BackendPool(config, options.random);
   const now = options.now ?? Date.now;
   const scheduler = options.scheduler ? options.scheduler(pool, config) : inProcessScheduler(pool, config, now);
@@ -98,41 +119,47 @@ export function createGateway(options: GatewayOptions): Gateway {
   });
 
   app.all("*", async (c) => {
+    const started = now();
     const request = c.req.raw;
     const requestId = request.headers.get(H.requestId) || crypto.randomUUID();
     const url = new URL(request.url);
     const headers = gatewayHeaders(requestId, 0, undefined);
     const body = NO_BODY.has(request.method) ? null : await readBody(request, c.env);
-    let cls;
+    let cls: Classified;
     let deadline: number;
     try {
       cls = classify(url.pathname, url, request.headers, body, config);
-      deadline = ttlDeadline(request.headers.get("s7pttl"), now(), config.scheduling.defaultTtlMs);
+      deadline = ttlDeadline(request.headers.get("s7pttl"), started, config.scheduling.defaultTtlMs);
     } catch (err) {
-      if (err instanceof BadRequest) return errorResponse({ status: 400, code: err.code, message: err.message, headers });
-      throw err;
+      if (!(err instanceof BadRequest)) throw err;
+      new RequestRecord(sink, started, requestId, "unknown", defaultLevel, null, false).complete(400, now());
+      return errorResponse({ status: 400, code: err.code, message: err.message, headers });
     }
+    const record = new RequestRecord(sink, started, requestId, cls.caller, cls.priority, cls.model ?? null, cls.stream);
+    /** Answered by the gateway itself, before any backend: the usage event goes out now. */
+    const refuse = (status: number, code: string, message: string) => {
+      record.complete(status, now());
+      return errorResponse({ status, code, message, headers });
+    };
     const { modelKnown, names: eligible } = pool.eligible(cls.model, cls.priority);
     if (!modelKnown) {
-      return errorResponse({
-        status: 404,
-        code: "model_not_found",
-        message: cls.model === undefined ? "this request names no model and no backend serves it" : `the model "${cls.model}" is not served by this gateway`,
-        headers,
-      });
+      return refuse(404, "model_not_found", cls.model === undefined ? "this request names no model and no backend serves it" : `the model "${cls.model}" is not served by this gateway`);
     }
-    if (!eligible.length) {
-      return errorResponse({
-        status: 503,
-        code: "no_eligible_backend",
-        message: `no backend serves "${cls.model}" at priority ${cls.priority}`,
-        headers,
-      });
-    }
-    if (deadline <= now()) {
-      return errorResponse({ status: 412, code: "ttl_expired", message: "the request's TTL had passed when it arrived; it was not sent", headers });
-    }
-    return proxyRequest(ctx, { request, url, requestId, cls, body, eligible, deadline, signal: clientSignal(request, c.env) });
+    if (!eligible.length) return refuse(503, "no_eligible_backend", `no backend serves "${cls.model}" at priority ${cls.priority}`);
+    if (deadline <= now()) return refuse(412, "ttl_expired", "the request's TTL had passed when it arrived; it was not sent");
+    const rewritten = config.metering.addStreamUsage ? withStreamUsage(cls) : undefined;
+    return proxyRequest(ctx, {
+      request,
+      url,
+      requestId,
+      cls,
+      body: rewritten ?? body,
+      eligible,
+      deadline,
+      signal: clientSignal(request, c.env),
+      record,
+      stripUsageChunk: rewritten !== undefined,
+    });
   });
 
   app.onError((err) => {

@@ -53,7 +53,7 @@ describe("Azure Functions handler (the core through @azure/functions' own HttpRe
   });
 
   it("streams a recorded response byte-identical", async () => {
-    const init = await call('{"stream":true,"messages":[]}', { "x-sim-fixture": "aoai2.txt" });
+    const init = await call('{"stream":true,"stream_options":{"include_usage":true},"messages":[]}', { "x-sim-fixture": "aoai2.txt" });
     expect(init.body).toBeInstanceOf(ReadableStream);
     const bytes = new Uint8Array(await new Response(init.body as BodyInit).arrayBuffer());
     expect(Buffer.from(bytes).equals(fixture("aoai2.txt"))).toBe(true);

@@ -4,6 +4,7 @@ import { serve } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
 import type { BodyBytes, ClientSignal } from "../../src/proxy/attempt.ts";
+import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient } from "./upstream.ts";
 
 export interface RunningGateway {
@@ -73,7 +74,8 @@ export function socketCloseSignal(request: Request, env: unknown): ClientSignal 
 /** The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. */
 export async function startGatewayServer(config: SluiceConfig, overrides: { host?: string; port?: number } = {}): Promise<RunningGateway> {
   const client = createUpstreamClient();
-  const gateway = createGateway({ config, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal });
+  const usage = nodeSinks(config.metering.sinks);
+  const gateway = createGateway({ config, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, usageSinks: usage.sinks });
   const host = overrides.host ?? config.server.host;
   const server = serve({
     fetch: gateway.fetch,
@@ -102,6 +104,7 @@ export async function startGatewayServer(config: SluiceConfig, overrides: { host
     server.closeAllConnections();
     await closed;
     await client.close();
+    await usage.close();
   };
   return { url: `http://${shownHost}:${port}`, port, gateway, server, close };
 }

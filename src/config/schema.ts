@@ -170,6 +170,25 @@ const scheduling = z
   })
   .strict();
 
+const sink = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("stdout").describe("NDJSON on standard output (Node, Azure Functions; console on Workers).") }).strict(),
+  z.object({ type: z.literal("file"), path: z.string().min(1).describe("NDJSON appended to this file (Node).") }).strict(),
+  z.object({ type: z.literal("console").describe("console.log, one JSON per line (every runtime).") }).strict(),
+  z
+    .object({ type: z.literal("queue"), binding: z.string().min(1).describe("A Cloudflare Queue producer binding (Workers).") })
+    .strict(),
+]);
+
+const metering = z
+  .object({
+    addStreamUsage: z
+      .boolean()
+      .default(true)
+      .describe("Add stream_options.include_usage to streamed chat/completions requests that lack it (and hide the extra usage chunk from the client), so streams are metered exactly."),
+    sinks: z.array(sink).default([{ type: "stdout" }]).describe("Where the one usage event per request goes."),
+  })
+  .strict();
+
 const server = z
   .object({
     host: z.string().default("0.0.0.0").describe("Address the Node server listens on."),
@@ -191,6 +210,7 @@ export const configSchema = z
     routing: routing.prefault({}),
     resilience: resilience.prefault({}),
     scheduling: scheduling.prefault({}),
+    metering: metering.prefault({}),
     backends: z.array(backend).min(1),
   })
   .strict()
@@ -227,3 +247,4 @@ export type SluiceConfig = z.output<typeof configSchema>;
 export type SluiceConfigInput = z.input<typeof configSchema>;
 export type BackendConfig = SluiceConfig["backends"][number];
 export type BackendKind = BackendConfig["kind"];
+export type SinkConfig = SluiceConfig["metering"]["sinks"][number];

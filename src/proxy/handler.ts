@@ -9,7 +9,9 @@ import { retryAfterMs } from "../resilience/retry-after.ts";
 import type { QueuePlace, Scheduler } from "../scheduling/port.ts";
 import { sendAttempt, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "./attempt.ts";
 import { exhaustedResponse } from "./exhaustion.ts";
-import { relay } from "./relay.ts";
+import { relay, type RelayEnd } from "./relay.ts";
+import { ResponseMeter } from "../metering/meter.ts";
+import type { RequestRecord } from "../metering/events.ts";
 
 export interface ProxyContext {
   config: SluiceConfig;
@@ -31,6 +33,10 @@ export interface ProxyInput {
   deadline: number;
   /** Aborts when the client goes away. */
   signal: ClientSignal | undefined;
+  /** Collects what becomes the request's usage event. */
+  record: RequestRecord;
+  /** The gateway added `stream_options.include_usage`; the client must not see the extra chunk. */
+  stripUsageChunk: boolean;
 }
 
 const CLIENT_GONE = 499;
@@ -61,22 +67,32 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
   /** Earliest cooldown end this request's attempts caused: the Retry-After of an all-429 answer. */
   let earliestCooldown = Number.POSITIVE_INFINITY;
   const stamp = (backend?: string) => gatewayHeaders(input.requestId, attempts.length + (backend ? 1 : 0), backend, queuedMs);
+  const record = input.record;
+  /** A response that ends here (no body to relay): the usage event goes out now. */
+  const final = (response: Response) => {
+    record.attempts = attempts.length;
+    record.queueMs = queuedMs;
+    record.complete(response.status, now());
+    return response;
+  };
 
   while (budget > 0) {
     const decision = await scheduler.acquire(
       { id: input.requestId, priority: cls.priority, caller: cls.caller, cost: cls.cost, deadline: input.deadline, eligible: input.eligible, tried, affinity, place, notBefore },
       input.signal,
     );
-    if (decision.kind === "cancelled") return new Response(null, { status: CLIENT_GONE });
+    if (decision.kind === "cancelled") return final(new Response(null, { status: CLIENT_GONE }));
     if (decision.kind === "queue-full") {
-      return errorResponse({ status: 429, code: "queue_full", message: "the gateway's queue is full; retry later", headers: { ...stamp(), ...retryAfterHeaders(decision.retryAfterMs) } });
+      return final(
+        errorResponse({ status: 429, code: "queue_full", message: "the gateway's queue is full; retry later", headers: { ...stamp(), ...retryAfterHeaders(decision.retryAfterMs) } }),
+      );
     }
     queuedMs += decision.queuedMs;
     if (decision.kind === "expired") {
-      return errorResponse({ status: 412, code: "ttl_expired", message: "the request's TTL passed before a backend was free; it was not sent", attempts, headers: stamp() });
+      return final(errorResponse({ status: 412, code: "ttl_expired", message: "the request's TTL passed before a backend was free; it was not sent", attempts, headers: stamp() }));
     }
     if (decision.kind !== "granted") {
-      return exhaustedResponse(attempts, decision.kind === "cooling" ? { reason: "cooling", retryAfterMs: decision.retryAfterMs } : decision, stamp());
+      return final(exhaustedResponse(attempts, decision.kind === "cooling" ? { reason: "cooling", retryAfterMs: decision.retryAfterMs } : decision, stamp()));
     }
     place = decision.place;
     notBefore = undefined;
@@ -96,7 +112,9 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
 
     if (outcome.kind === "client-gone") {
       scheduler.release(backend.name, { verdict: "abandoned" });
-      return new Response(null, { status: CLIENT_GONE });
+      record.backend = backend.name;
+      record.truncated = true;
+      return final(new Response(null, { status: CLIENT_GONE }));
     }
     if (outcome.kind === "timeout" || outcome.kind === "network") {
       scheduler.release(backend.name, { verdict: "failure" });
@@ -133,34 +151,48 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
       budget--;
       continue;
     }
-    return respond(upstream, backend, scheduler, stamp(backend.name), outcome.ttfbMs);
+    record.backend = backend.name;
+    record.attempts = attempts.length + 1;
+    record.queueMs = queuedMs;
+    record.ttfbMs = outcome.ttfbMs;
+    return respond(upstream, backend, ctx, stamp(backend.name), outcome.ttfbMs, input);
   }
 
   const wait = earliestCooldown - now();
-  return exhaustedResponse(attempts, { reason: "tried-all", retryAfterMs: Number.isFinite(wait) ? Math.max(0, wait) : undefined }, stamp());
+  return final(exhaustedResponse(attempts, { reason: "tried-all", retryAfterMs: Number.isFinite(wait) ? Math.max(0, wait) : undefined }, stamp()));
 }
 
-function respond(upstream: UpstreamResponse, backend: Backend, scheduler: Scheduler, stamp: Record<string, string>, ttfbMs: number): Response {
+function respond(upstream: UpstreamResponse, backend: Backend, ctx: ProxyContext, stamp: Record<string, string>, ttfbMs: number, input: ProxyInput): Response {
+  const { scheduler, now } = ctx;
+  const { record } = input;
+  const status = upstream.status;
   const headers = downstreamResponseHeaders(upstream.headers);
   if (Array.isArray(headers)) headers.push(...Object.entries(stamp));
   else Object.assign(headers, stamp);
-  const init = { status: upstream.status, headers };
+  const init = { status, headers };
   // A 5xx passed through (not in failoverOn) still counts against the backend's health.
-  const healthy = upstream.status < 500;
-  const finish = (failed: boolean) =>
-    scheduler.release(backend.name, failed || !healthy ? { verdict: "failure" } : { verdict: "success", ttfbMs });
+  const healthy = status < 500;
+  const sse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
+  // Only answers are metered: an error passed through carries no usage.
+  const meter = status < 400 ? new ResponseMeter({ sse, stripUsageChunk: input.stripUsageChunk && sse, promptEstimate: input.cls.cost - input.cls.completionBudget }) : undefined;
+  const finish = (how: RelayEnd) => {
+    scheduler.release(backend.name, how === "error" || !healthy ? { verdict: "failure" } : { verdict: "success", ttfbMs });
+    if (meter) record.usage = meter.usage();
+    record.truncated = how !== "complete";
+    record.complete(status, now());
+  };
   if (upstream.wholeBody) {
-    finish(false);
+    meter?.whole(upstream.wholeBody);
+    finish("complete");
     return new Response(upstream.wholeBody, init);
   }
   let body: ReadableStream<Uint8Array> | null = null;
-  if (NULL_BODY.has(upstream.status)) {
+  if (NULL_BODY.has(status)) {
     upstream.body?.cancel().catch(() => undefined);
-    finish(false);
+    finish("complete");
   } else if (upstream.body) {
-    const sse = (upstream.headers.get("content-type") ?? "").includes("text/event-stream");
-    body = relay(upstream.body, { sse, backend: backend.name, onEnd: (how) => finish(how === "error") });
-  } else finish(false);
+    body = relay(upstream.body, { sse, backend: backend.name, tap: meter, onEnd: finish });
+  } else finish("complete");
   return new Response(body, init);
 }
 

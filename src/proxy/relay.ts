@@ -19,10 +19,18 @@ export function streamErrorEvent(backend: string): Uint8Array {
  * errors the client's stream, so the client sees a truncated transfer.
  * Cancelling the client side cancels the upstream read at once.
  */
+/** Sees the body as it passes (metering); returns the bytes to pass on. */
+export interface BodyTap {
+  chunk(bytes: Uint8Array): Uint8Array;
+  /** Bytes still held when the body ends. */
+  flush(): Uint8Array | undefined;
+}
+
 export function relay(
   upstream: ReadableStream<Uint8Array>,
-  options: { sse: boolean; backend: string; onEnd: (how: RelayEnd) => void },
+  options: { sse: boolean; backend: string; tap?: BodyTap; onEnd: (how: RelayEnd) => void },
 ): ReadableStream<Uint8Array> {
+  const tap = options.tap;
   const reader = upstream.getReader();
   let ended = false;
   const end = (how: RelayEnd) => {
@@ -33,21 +41,32 @@ export function relay(
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
-        let chunk: ReadableStreamReadResult<Uint8Array>;
-        try {
-          chunk = await reader.read();
-        } catch (err) {
-          end("error");
-          if (options.sse) {
-            controller.enqueue(streamErrorEvent(options.backend));
+        // Loops only when the tap held a whole chunk back (part of an event), so the reader still gets bytes.
+        for (;;) {
+          let chunk: ReadableStreamReadResult<Uint8Array>;
+          try {
+            chunk = await reader.read();
+          } catch (err) {
+            end("error");
+            if (options.sse) {
+              controller.enqueue(streamErrorEvent(options.backend));
+              controller.close();
+            } else controller.error(err);
+            return;
+          }
+          if (chunk.done) {
+            const rest = tap?.flush();
+            if (rest?.byteLength) controller.enqueue(rest);
+            end("complete");
             controller.close();
-          } else controller.error(err);
-          return;
+            return;
+          }
+          const out = tap ? tap.chunk(chunk.value) : chunk.value;
+          if (out.byteLength) {
+            controller.enqueue(out);
+            return;
+          }
         }
-        if (chunk.done) {
-          end("complete");
-          controller.close();
-        } else controller.enqueue(chunk.value);
       },
       cancel(reason) {
         end("cancel");
