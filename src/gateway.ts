@@ -11,6 +11,8 @@ import { InProcessScheduler } from "./scheduling/in-process.ts";
 import type { Scheduler } from "./scheduling/port.ts";
 import { ttlDeadline } from "./scheduling/ttl.ts";
 import { FanOutSink, RequestRecord, type UsageSink } from "./metering/events.ts";
+import { budgetHeaders, InProcessRateLimiter, type LimitScope, type RateLimiter } from "./governance/limits.ts";
+import { retryAfterHeaders } from "./http/errors.ts";
 
 export interface GatewayOptions {
   config: SluiceConfig;
@@ -24,6 +26,8 @@ export interface GatewayOptions {
   random?: () => number;
   /** Where usage events go; the adapter builds them from `metering.sinks` for its runtime. Default: none. */
   usageSinks?: readonly UsageSink[];
+  /** Token and request budgets: in-process by default, a Durable Object on Workers. */
+  limiter?: RateLimiter;
   /** The scheduler's backing store: in-process by default, a Durable Object on Workers. */
   scheduler?: (pool: BackendPool, config: SluiceConfig) => Scheduler;
 }
@@ -80,6 +84,11 @@ export function createGateway(options: GatewayOptions): Gateway {
   const defaultLevel = resolvePriority(config.priorities.default, config.priorities.levels)!;
   const pool = new BackendPool(config, options.random);
   const now = options.now ?? Date.now;
+  const limiter = options.limiter ?? new InProcessRateLimiter(now);
+  const limitScopes = (caller: string): LimitScope[] => {
+    const spec = config.limits.callers[caller] ?? config.limits.perCaller;
+    return spec ? [{ key: `caller:${caller}`, spec }] : [];
+  };
   const scheduler = options.scheduler ? options.scheduler(pool, config) : inProcessScheduler(pool, config, now);
   const ctx: ProxyContext = {
     config,
@@ -147,6 +156,23 @@ export function createGateway(options: GatewayOptions): Gateway {
     }
     if (!eligible.length) return refuse(503, "no_eligible_backend", `no backend serves "${cls.model}" at priority ${cls.priority}`);
     if (deadline <= now()) return refuse(412, "ttl_expired", "the request's TTL had passed when it arrived; it was not sent");
+    let extraHeaders: Record<string, string> | undefined;
+    const scopes = limitScopes(cls.caller);
+    if (scopes.length) {
+      const admission = await limiter.reserve(scopes, cls.cost);
+      if (!admission.ok) {
+        record.complete(429, now());
+        return errorResponse({
+          status: 429,
+          code: "rate_limit_exceeded",
+          message: `this request's estimate of ${cls.cost} tokens exceeds the caller's remaining budget; retry after the indicated time`,
+          headers: { ...headers, ...budgetHeaders(admission.view), ...retryAfterHeaders(admission.retryAfterMs) },
+        });
+      }
+      const reservation = admission.reservation;
+      record.onComplete = (usage) => (usage ? limiter.settle(reservation, usage.totalTokens) : limiter.release(reservation));
+      extraHeaders = budgetHeaders(admission.view);
+    }
     const rewritten = config.metering.addStreamUsage ? withStreamUsage(cls) : undefined;
     return proxyRequest(ctx, {
       request,
@@ -159,6 +185,7 @@ export function createGateway(options: GatewayOptions): Gateway {
       signal: clientSignal(request, c.env),
       record,
       stripUsageChunk: rewritten !== undefined,
+      extraHeaders,
     });
   });
 

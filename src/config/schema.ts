@@ -189,6 +189,23 @@ const metering = z
   })
   .strict();
 
+const limitSpec = z
+  .object({
+    tokensPerMinute: z.number().int().positive().optional().describe("Tokens (prompt + completion) per minute."),
+    requestsPerMinute: z.number().int().positive().optional().describe("Requests per minute."),
+  })
+  .strict();
+
+const limits = z
+  .object({
+    perCaller: limitSpec.optional().describe("The budget of every caller that has no entry of its own in `callers`."),
+    callers: z
+      .record(z.string(), limitSpec)
+      .default({})
+      .describe("Budgets by caller id (as in usage events: `key:` and a fingerprint of the credential the client sent)."),
+  })
+  .strict();
+
 const server = z
   .object({
     host: z.string().default("0.0.0.0").describe("Address the Node server listens on."),
@@ -211,6 +228,7 @@ export const configSchema = z
     resilience: resilience.prefault({}),
     scheduling: scheduling.prefault({}),
     metering: metering.prefault({}),
+    limits: limits.prefault({}),
     backends: z.array(backend).min(1),
   })
   .strict()

@@ -63,6 +63,8 @@ export class RequestRecord {
   ttfbMs: number | null = null;
   usage: Usage | null = null;
   truncated = false;
+  /** Runs once the request has ended, with the usage it was charged (null: nothing answered). */
+  onComplete: ((usage: Usage | null) => void) | undefined;
   private done = false;
 
   constructor(
@@ -79,6 +81,7 @@ export class RequestRecord {
     if (this.done) return;
     this.done = true;
     const u = this.usage;
+    this.onComplete?.(u);
     this.sink.emit({
       time: new Date(this.startedAt).toISOString(),
       requestId: this.requestId,

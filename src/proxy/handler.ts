@@ -37,6 +37,8 @@ export interface ProxyInput {
   record: RequestRecord;
   /** The gateway added `stream_options.include_usage`; the client must not see the extra chunk. */
   stripUsageChunk: boolean;
+  /** Headers for every response (the caller's remaining budget). */
+  extraHeaders?: Record<string, string>;
 }
 
 const CLIENT_GONE = 499;
@@ -66,7 +68,7 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
   let policyCycle: string | null = null;
   /** Earliest cooldown end this request's attempts caused: the Retry-After of an all-429 answer. */
   let earliestCooldown = Number.POSITIVE_INFINITY;
-  const stamp = (backend?: string) => gatewayHeaders(input.requestId, attempts.length + (backend ? 1 : 0), backend, queuedMs);
+  const stamp = (backend?: string) => ({ ...input.extraHeaders, ...gatewayHeaders(input.requestId, attempts.length + (backend ? 1 : 0), backend, queuedMs) });
   const record = input.record;
   /** A response that ends here (no body to relay): the usage event goes out now. */
   const final = (response: Response) => {

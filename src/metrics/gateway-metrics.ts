@@ -1,0 +1,215 @@
+/**
+ * The gateway's Prometheus metrics (CONTRACT §8): a UsageSink fed the one usage event per
+ * request, plus gauges read from live backend and scheduler state at scrape time. Sluice's own
+ * metrics are `sluice_*`; the OpenTelemetry GenAI semantic-convention metrics are exported
+ * alongside under their Prometheus names (`gen_ai.client.token.usage` → `gen_ai_client_token_usage`).
+ */
+import type { UsageEvent, UsageSink } from "../metering/events.ts";
+import type { BreakerState } from "../resilience/breaker.ts";
+import type { Backend } from "../routing/backend.ts";
+import type { SchedulerStats } from "../scheduling/port.ts";
+import { type Counter, type Histogram, PROMETHEUS_CONTENT_TYPE, Registry } from "./registry.ts";
+
+export { PROMETHEUS_CONTENT_TYPE };
+
+/** Seconds: 5 ms … 2 min, for time to first byte, request duration and queue wait. */
+export const LATENCY_BUCKETS: readonly number[] = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120,
+];
+
+/** Tokens: powers of 4 from 1 to 1,048,576 (the GenAI semantic conventions' advice). */
+export const TOKEN_BUCKETS: readonly number[] = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576];
+
+const BREAKER_STATES: readonly BreakerState[] = ["closed", "open", "half-open"];
+
+/** A usage event, optionally with the API operation (e.g. `chat/completions`) for `gen_ai_operation_name`. */
+export type MetricsEvent = UsageEvent & { operation?: string | null };
+
+export interface BackendMetricsState {
+  name: string;
+  inFlight: number;
+  breaker: BreakerState;
+  coolingDown: boolean;
+  /** Moving average of time to first byte, when measured. */
+  ttfbMs?: number | null;
+}
+
+export interface MetricsState {
+  backends: readonly BackendMetricsState[];
+  queue: SchedulerStats;
+}
+
+export interface GatewayMetricsOptions {
+  /** Label combinations kept per metric before folding into `other` (default 10,000). */
+  maxSeries?: number;
+  /** The `priority` label of a level; default: the level number. See `priorityNamer`. */
+  priorityLabel?: (level: number) => string;
+}
+
+/** The live state of the pool's backends, for `GatewayMetrics.render`. */
+export function backendMetricsState(backends: readonly Backend[], now: number): BackendMetricsState[] {
+  return backends.map((b) => ({
+    name: b.name,
+    inFlight: b.inFlight,
+    breaker: b.breaker.state(now),
+    coolingDown: b.cooldownUntil > now,
+    ttfbMs: b.ttfbMs ?? null,
+  }));
+}
+
+/** Labels priority levels by their configured name (`priorities.levels`), else the number. */
+export function priorityNamer(levels: Readonly<Record<string, number>>): (level: number) => string {
+  const names = new Map<number, string>();
+  for (const [name, level] of Object.entries(levels)) if (!names.has(level)) names.set(level, name);
+  return (level) => names.get(level) ?? String(level);
+}
+
+/**
+ * `gen_ai.operation.name` for a request operation (the path after `/v1/` or the Azure
+ * deployment, or the classifier's API kind); "" (label left out) when unknown.
+ */
+export function genAiOperationName(operation: string | null | undefined): string {
+  if (!operation) return "";
+  const op = operation.toLowerCase();
+  if (op.startsWith("chat/completions") || op === "chat" || op.startsWith("messages") || op.startsWith("responses")) return "chat";
+  if (op.startsWith("completions") || op === "text_completion") return "text_completion";
+  if (op.startsWith("embeddings")) return "embeddings";
+  if (op === "generate_content") return "generate_content";
+  return "";
+}
+
+const backendLabel = (b: string | null): string => (b ? b : "none");
+const modelLabel = (m: string | null): string => (m ? m : "unknown");
+
+export class GatewayMetrics implements UsageSink {
+  readonly registry: Registry;
+  private readonly priorityLabel: (level: number) => string;
+  /** The state of the scrape being rendered (read by the gauge callbacks). */
+  private state: MetricsState | undefined;
+
+  private readonly requests: Counter;
+  private readonly attempts: Counter;
+  private readonly failovers: Counter;
+  private readonly tokens: Counter;
+  private readonly ttfb: Histogram;
+  private readonly duration: Histogram;
+  private readonly queueWait: Histogram;
+  private readonly genAiTtft: Histogram;
+  private readonly genAiDuration: Histogram;
+  private readonly genAiTokens: Histogram;
+
+  constructor(options: GatewayMetricsOptions = {}) {
+    const r = (this.registry = new Registry({ maxSeries: options.maxSeries }));
+    this.priorityLabel = options.priorityLabel ?? String;
+
+    this.requests = r.counter("sluice_requests_total", "Requests answered, by the backend that answered (none: the gateway), status and priority level.", [
+      "backend",
+      "status",
+      "priority",
+    ]);
+    this.attempts = r.counter("sluice_attempts_total", "Upstream attempts made for all requests.");
+    this.failovers = r.counter("sluice_failovers_total", "Attempts beyond a request's first (failovers to another backend).");
+    this.attempts.inc(undefined, 0);
+    this.failovers.inc(undefined, 0);
+    this.tokens = r.counter(
+      "sluice_tokens_total",
+      "Tokens by caller, model, backend and type (input, output, cached, reasoning); usage_source: provider or estimated.",
+      ["caller", "model", "backend", "type", "usage_source"],
+      { foldable: ["caller", "model", "backend"] },
+    );
+    this.ttfb = r.histogram("sluice_time_to_first_byte_seconds", "Time from the request's arrival to the first byte of the answering backend's response.", ["backend"], LATENCY_BUCKETS);
+    this.duration = r.histogram("sluice_request_duration_seconds", "Time from the request's arrival to the end of its response.", ["backend", "status"], LATENCY_BUCKETS);
+    this.queueWait = r.histogram("sluice_queue_wait_seconds", "Time requests waited in the gateway's queue for a backend slot.", ["priority"], LATENCY_BUCKETS);
+    this.genAiTtft = r.histogram(
+      "gen_ai_server_time_to_first_token_seconds",
+      "GenAI semantic conventions: time to the first byte of successful responses.",
+      ["gen_ai_request_model"],
+      LATENCY_BUCKETS,
+    );
+    this.genAiDuration = r.histogram(
+      "gen_ai_client_operation_duration_seconds",
+      "GenAI semantic conventions: duration of GenAI operations (error_type: the status of failed ones).",
+      ["gen_ai_request_model", "gen_ai_operation_name", "error_type"],
+      LATENCY_BUCKETS,
+      { foldable: ["gen_ai_request_model"] },
+    );
+    this.genAiTokens = r.histogram(
+      "gen_ai_client_token_usage",
+      "GenAI semantic conventions: tokens per request, by token type (input, output).",
+      ["gen_ai_token_type", "gen_ai_request_model"],
+      TOKEN_BUCKETS,
+      { foldable: ["gen_ai_request_model"] },
+    );
+
+    r.gauge("sluice_backend_in_flight", "Requests in flight per backend.", ["backend"], (sample) => {
+      for (const b of this.state?.backends ?? []) sample([b.name], b.inFlight);
+    });
+    r.gauge("sluice_backend_breaker_state", "Circuit breaker state per backend: 1 for the current state, 0 for the others.", ["backend", "state"], (sample) => {
+      for (const b of this.state?.backends ?? []) {
+        for (const s of BREAKER_STATES) sample([b.name, s], b.breaker === s ? 1 : 0);
+      }
+    });
+    r.gauge("sluice_backend_cooling_down", "1 while the backend is in cooldown after a 429/503, else 0.", ["backend"], (sample) => {
+      for (const b of this.state?.backends ?? []) sample([b.name], b.coolingDown ? 1 : 0);
+    });
+    r.gauge("sluice_backend_ttfb_ewma_seconds", "Moving average of time to first byte per backend (what latency routing uses).", ["backend"], (sample) => {
+      for (const b of this.state?.backends ?? []) if (b.ttfbMs != null) sample([b.name], b.ttfbMs / 1000);
+    });
+    r.gauge("sluice_queue_depth", "Requests waiting in the gateway's queue, by priority level.", ["priority"], (sample) => {
+      for (const l of this.state?.queue.levels ?? []) sample([this.priorityLabel(l.level)], l.waiting);
+    });
+    r.scrapedCounter("sluice_queue_dispatched_total", "Requests the scheduler dispatched to a backend, by priority level.", ["priority"], (sample) => {
+      for (const l of this.state?.queue.levels ?? []) sample([this.priorityLabel(l.level)], l.dispatched);
+    });
+    r.scrapedCounter("sluice_queue_waited_seconds_total", "Total time dispatched requests waited in the queue, by priority level.", ["priority"], (sample) => {
+      for (const l of this.state?.queue.levels ?? []) sample([this.priorityLabel(l.level)], l.waitedMs / 1000);
+    });
+  }
+
+  emit(event: MetricsEvent): void {
+    const backend = backendLabel(event.backend);
+    const status = String(event.status);
+    const priority = this.priorityLabel(event.priority);
+    const model = event.model ?? "";
+
+    this.requests.inc([backend, status, priority]);
+    if (event.attempts > 0) {
+      this.attempts.inc(undefined, event.attempts);
+      if (event.attempts > 1) this.failovers.inc(undefined, event.attempts - 1);
+    }
+
+    const totalS = event.totalMs / 1000;
+    this.duration.observe([backend, status], totalS);
+    this.genAiDuration.observe([model, genAiOperationName(event.operation), event.status >= 400 ? status : ""], totalS);
+    if (event.ttfbMs != null) {
+      this.ttfb.observe([backend], event.ttfbMs / 1000);
+      if (event.status < 400) this.genAiTtft.observe([model], event.ttfbMs / 1000);
+    }
+    // Only requests that went through the scheduler (a 404 or 401 never waited).
+    if (event.attempts > 0 || event.queueMs > 0) this.queueWait.observe([priority], event.queueMs / 1000);
+
+    const source = event.usageSource ?? "unknown";
+    const caller = event.caller || "unknown";
+    const m = modelLabel(event.model);
+    if (event.promptTokens != null) {
+      this.tokens.inc([caller, m, backend, "input", source], event.promptTokens);
+      this.genAiTokens.observe(["input", model], event.promptTokens);
+    }
+    if (event.completionTokens != null) {
+      this.tokens.inc([caller, m, backend, "output", source], event.completionTokens);
+      this.genAiTokens.observe(["output", model], event.completionTokens);
+    }
+    if (event.cachedTokens != null) this.tokens.inc([caller, m, backend, "cached", source], event.cachedTokens);
+    if (event.reasoningTokens != null) this.tokens.inc([caller, m, backend, "reasoning", source], event.reasoningTokens);
+  }
+
+  /** The whole exposition text (serve with `PROMETHEUS_CONTENT_TYPE`). */
+  render(state: MetricsState): string {
+    this.state = state;
+    try {
+      return this.registry.render();
+    } finally {
+      this.state = undefined;
+    }
+  }
+}
