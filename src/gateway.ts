@@ -11,6 +11,7 @@ import { InProcessScheduler } from "./scheduling/in-process.ts";
 import type { Scheduler } from "./scheduling/port.ts";
 import { ttlDeadline } from "./scheduling/ttl.ts";
 import { FanOutSink, RequestRecord, type UsageSink } from "./metering/events.ts";
+import { backendMetricsState, GatewayMetrics, PROMETHEUS_CONTENT_TYPE, priorityNamer } from "./metrics/gateway-metrics.ts";
 import { budgetHeaders, InProcessRateLimiter, type LimitScope, type RateLimiter } from "./governance/limits.ts";
 import { retryAfterHeaders } from "./http/errors.ts";
 
@@ -80,7 +81,8 @@ export function createGateway(options: GatewayOptions): Gateway {
   const config = options.config;
   const readBody = options.readBody ?? readRequestBody;
   const clientSignal = options.clientSignal ?? ((request: Request) => request.signal);
-  const sink = new FanOutSink(options.usageSinks ?? []);
+  const metrics = new GatewayMetrics({ priorityLabel: priorityNamer(config.priorities.levels) });
+  const sink = new FanOutSink([metrics, ...(options.usageSinks ?? [])]);
   const defaultLevel = resolvePriority(config.priorities.default, config.priorities.levels)!;
   const pool = new BackendPool(config, options.random);
   const now = options.now ?? Date.now;
@@ -122,6 +124,12 @@ export function createGateway(options: GatewayOptions): Gateway {
       })),
     });
   });
+  app.get("/metrics", async (c) => {
+    const queue = await scheduler.stats();
+    const text = metrics.render({ backends: backendMetricsState(pool.backends, ctx.now()), queue });
+    return c.body(text, 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+  });
+  app.get("/_gateway/metrics", (c) => c.redirect("/metrics", 308));
   app.get("/v1/models", (c) => {
     const names = [...new Set(pool.backends.flatMap((b) => b.modelNames()))].sort();
     return c.json({ object: "list", data: names.map((id) => ({ id, object: "model", owned_by: "sluice" })) });
@@ -145,6 +153,7 @@ export function createGateway(options: GatewayOptions): Gateway {
       return errorResponse({ status: 400, code: err.code, message: err.message, headers });
     }
     const record = new RequestRecord(sink, started, requestId, cls.caller, cls.priority, cls.model ?? null, cls.stream);
+    record.operation = cls.operation?.split("?")[0] ?? null;
     /** Answered by the gateway itself, before any backend: the usage event goes out now. */
     const refuse = (status: number, code: string, message: string) => {
       record.complete(status, now());

@@ -8,6 +8,8 @@ export interface UsageEvent {
   app: string | null;
   priority: number;
   model: string | null;
+  /** The API operation, e.g. `chat/completions`, `embeddings`, `messages`. */
+  operation: string | null;
   backend: string | null;
   status: number;
   attempts: number;
@@ -58,6 +60,7 @@ export class FanOutSink implements UsageSink {
  */
 export class RequestRecord {
   backend: string | null = null;
+  operation: string | null = null;
   attempts = 0;
   queueMs = 0;
   ttfbMs: number | null = null;
@@ -89,6 +92,7 @@ export class RequestRecord {
       app: null,
       priority: this.priority,
       model: this.model,
+      operation: this.operation,
       backend: this.backend,
       status,
       attempts: this.attempts,

@@ -117,12 +117,12 @@ export class GatewayMetrics implements UsageSink {
       ["caller", "model", "backend", "type", "usage_source"],
       { foldable: ["caller", "model", "backend"] },
     );
-    this.ttfb = r.histogram("sluice_time_to_first_byte_seconds", "Time from the request's arrival to the first byte of the answering backend's response.", ["backend"], LATENCY_BUCKETS);
+    this.ttfb = r.histogram("sluice_time_to_first_byte_seconds", "Time from sending the answering attempt to the backend's response headers (its first byte).", ["backend"], LATENCY_BUCKETS);
     this.duration = r.histogram("sluice_request_duration_seconds", "Time from the request's arrival to the end of its response.", ["backend", "status"], LATENCY_BUCKETS);
     this.queueWait = r.histogram("sluice_queue_wait_seconds", "Time requests waited in the gateway's queue for a backend slot.", ["priority"], LATENCY_BUCKETS);
     this.genAiTtft = r.histogram(
       "gen_ai_server_time_to_first_token_seconds",
-      "GenAI semantic conventions: time to the first byte of successful responses.",
+      "GenAI semantic conventions: time from sending the answering attempt to the first byte of successful responses.",
       ["gen_ai_request_model"],
       LATENCY_BUCKETS,
     );
