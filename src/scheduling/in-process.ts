@@ -18,10 +18,9 @@ export interface SchedulerOptions {
 }
 
 interface Waiter {
+  heapIndex: number;
   req: SlotRequest;
   place: QueuePlace;
-  eligible: Backend[];
-  tried: Set<Backend>;
   lane: Lane;
   level: Level;
   resolve: (decision: SlotDecision) => void;
@@ -161,7 +160,7 @@ export class InProcessScheduler implements Scheduler {
     const place = req.place ?? { seq: ++this.seq, tag: lvl.tagFor(req.caller, Math.max(1, req.cost)), enqueuedAt: now };
 
     return new Promise<SlotDecision>((resolve) => {
-      const w: Waiter = { req, place, eligible, tried, lane: lane!, level: lvl, resolve, signal };
+      const w: Waiter = { heapIndex: -1, req, place, lane: lane!, level: lvl, resolve, signal };
       this.waiting++;
       lane!.waiting++;
       this.levelStat(level).waiting++;
