@@ -102,35 +102,36 @@ export class InProcessRateLimiter implements RateLimiter {
 
   reserve(scopes: readonly LimitScope[], tokens: number): Admission {
     const now = this.now();
+    const buckets = scopes.map((s) => ({
+      t: this.bucket(this.tokens, s.key, s.spec.tokensPerMinute, now),
+      r: this.bucket(this.requests, s.key, s.spec.requestsPerMinute, now),
+    }));
     let wait = 0;
+    for (const { t, r } of buckets) wait = Math.max(wait, t?.waitFor(tokens, now) ?? 0, r?.waitFor(1, now) ?? 0);
+    const admitted = wait === 0;
+    if (admitted) {
+      for (const { t, r } of buckets) {
+        t?.take(tokens, now);
+        r?.take(1, now);
+      }
+    }
+    // The tightest budget is what the client is shown: after this request when admitted, as it stands when not.
     const view: BudgetView = {};
-    const buckets: [Bucket | undefined, Bucket | undefined][] = scopes.map((s) => [this.bucket(this.tokens, s.key, s.spec.tokensPerMinute, now), this.bucket(this.requests, s.key, s.spec.requestsPerMinute, now)]);
-    for (const [t, r] of buckets) {
+    for (const { t, r } of buckets) {
       if (t) {
-        wait = Math.max(wait, t.waitFor(tokens, now));
-        const remaining = Math.max(0, Math.floor(t.available(now) - tokens));
+        const remaining = Math.max(0, Math.floor(t.available(now)));
         if (view.remainingTokens === undefined || remaining < view.remainingTokens) {
           Object.assign(view, { limitTokens: t.capacity, remainingTokens: remaining, resetTokensMs: t.resetMs(now) });
         }
       }
       if (r) {
-        wait = Math.max(wait, r.waitFor(1, now));
-        const remaining = Math.max(0, Math.floor(r.available(now) - 1));
+        const remaining = Math.max(0, Math.floor(r.available(now)));
         if (view.remainingRequests === undefined || remaining < view.remainingRequests) {
           Object.assign(view, { limitRequests: r.capacity, remainingRequests: remaining, resetRequestsMs: r.resetMs(now) });
         }
       }
     }
-    if (wait > 0) {
-      if (view.remainingTokens !== undefined) view.remainingTokens = Math.max(0, Math.floor(view.remainingTokens + tokens));
-      if (view.remainingRequests !== undefined) view.remainingRequests = Math.max(0, view.remainingRequests + 1);
-      return { ok: false, retryAfterMs: wait, view };
-    }
-    for (const [t, r] of buckets) {
-      t?.take(tokens, now);
-      r?.take(1, now);
-    }
-    return { ok: true, reservation: { scopes, tokens }, view };
+    return admitted ? { ok: true, reservation: { scopes, tokens }, view } : { ok: false, retryAfterMs: wait, view };
   }
 
   settle(reservation: Reservation, actualTokens: number): void {
