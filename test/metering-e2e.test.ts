@@ -343,6 +343,21 @@ describe("metering end to end [node]", () => {
       const caller = callerId(key);
       expect(charged.get(caller), `caller ${caller} (${key})`).toEqual(answered.get(caller));
     }
+
+    // /metrics says the same per caller: input and output tokens, summed over models and backends.
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    for (const key of keys) {
+      const caller = callerId(key);
+      const sum = (type: string) =>
+        metrics
+          .split("\n")
+          .filter((l) => l.startsWith("sluice_tokens_total{") && l.includes(`caller="${caller}"`) && l.includes(`type="${type}"`))
+          .reduce((acc, l) => acc + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+      expect({ prompt: sum("input"), completion: sum("output") }, `/metrics for ${caller}`).toEqual({
+        prompt: answered.get(caller)!.prompt,
+        completion: answered.get(caller)!.completion,
+      });
+    }
   });
 
   it("a request that fails over (429 from b1, 200 from b2) is metered once, with b2's usage", async () => {
