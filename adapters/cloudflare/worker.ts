@@ -1,30 +1,35 @@
-import { ConfigError, parseConfigText } from "../../src/config/load.ts";
+import { ConfigError } from "../../src/config/load.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
 import { errorResponse } from "../../src/http/errors.ts";
+import { DurableObjectScheduler, poolKey, type SchedulerNamespace } from "./scheduler-client.ts";
+import { configFromEnv } from "./scheduler-object.ts";
+
+/** The Durable Object class wrangler binds as SCHEDULER: exported from the entry module. */
+export { SchedulerObject } from "./scheduler-object.ts";
 
 export interface Env {
   /** The config JSON (a var, or a secret holding it); other string bindings feed ${ENV} interpolation. */
   SLUICE_CONFIG?: string;
+  /** The SchedulerObject namespace: when bound, every isolate shares one queue per backend pool. */
+  SCHEDULER?: SchedulerNamespace;
   [binding: string]: unknown;
 }
 
 let current: { source: string; gateway: Gateway } | undefined;
 
-function stringBindings(env: Env): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (typeof v === "string") out[k] = v;
-  return out;
-}
-
 /**
- * One gateway per isolate, rebuilt only when the config binding changes, so backend state
- * (cooldowns, breakers, latency) is shared by every request the isolate serves.
+ * One gateway per isolate, rebuilt only when the config binding changes. With SCHEDULER bound,
+ * the queue and the backends' state live in the pool's Durable Object, shared by all isolates;
+ * without it, in the isolate (shared by the requests it serves).
  */
 function gatewayFor(env: Env): Gateway {
   const source = env.SLUICE_CONFIG ?? "";
   if (current?.source !== source) {
-    if (!source) throw new ConfigError(["SLUICE_CONFIG: not set (bind the config JSON as a var or secret)"]);
-    current = { source, gateway: createGateway({ config: parseConfigText(source, stringBindings(env), "SLUICE_CONFIG") }) };
+    const config = configFromEnv(env);
+    const ns = env.SCHEDULER;
+    const id = ns?.idFromName(poolKey(config));
+    const scheduler = ns ? () => new DurableObjectScheduler(() => ns.get(id as never), config.scheduling.queueFullRetryMs) : undefined;
+    current = { source, gateway: createGateway({ config, scheduler }) };
   }
   return current.gateway;
 }

@@ -6,27 +6,39 @@ import type { StartGateway } from "./types.ts";
 const entry = fileURLToPath(new URL("../../adapters/cloudflare/worker.ts", import.meta.url));
 let bundled: Promise<string> | undefined;
 
-/** Bundles the Workers entry once per test process, as wrangler would. */
-function bundleWorker(): Promise<string> {
-  bundled ??= build({
-    entryPoints: [entry],
+/** Bundles a Workers module as wrangler would (runtime modules such as cloudflare:workers left to workerd). */
+export async function bundleForWorkers(options: { entry: string } | { source: string; resolveDir: string }): Promise<string> {
+  const r = await build({
+    ...("entry" in options ? { entryPoints: [options.entry] } : { stdin: { contents: options.source, resolveDir: options.resolveDir, loader: "ts" as const } }),
     bundle: true,
     format: "esm",
     platform: "neutral",
     mainFields: ["module", "main"],
+    external: ["cloudflare:*"],
     write: false,
     logLevel: "error",
-  }).then((r) => r.outputFiles[0]!.text);
+  });
+  return r.outputFiles[0]!.text;
+}
+
+/** Bundles the Workers entry once per test process. */
+export function bundleWorker(): Promise<string> {
+  bundled ??= bundleForWorkers({ entry });
   return bundled;
 }
 
-/** The gateway under workerd via miniflare, on an ephemeral 127.0.0.1 port. */
+export const COMPATIBILITY_DATE = "2026-04-01";
+/** The scheduler object as wrangler.toml binds it (SQLite-backed, as new_sqlite_classes declares). */
+export const SCHEDULER_CLASS = { className: "SchedulerObject", useSQLite: true } as const;
+
+/** The gateway under workerd via miniflare, on an ephemeral 127.0.0.1 port, with the Durable Object scheduler. */
 export const startWorkersGateway: StartGateway = async (input) => {
   const contents = await bundleWorker();
   const mf = new Miniflare({
     modules: [{ type: "ESModule", path: "worker.js", contents }],
-    compatibilityDate: "2026-04-01",
+    compatibilityDate: COMPATIBILITY_DATE,
     bindings: { SLUICE_CONFIG: JSON.stringify(input) },
+    durableObjects: { SCHEDULER: SCHEDULER_CLASS },
     host: "127.0.0.1",
     port: 0,
   });

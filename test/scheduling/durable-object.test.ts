@@ -1,0 +1,249 @@
+/**
+ * The Durable Object scheduler on workerd (miniflare): the scheduler conformance suite against
+ * SchedulerObject, and two Worker isolates whose requests are ordered by its one queue.
+ */
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+import { afterEach, describe, expect, it } from "vitest";
+import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
+import type { SluiceConfigInput } from "../../src/config/schema.ts";
+import type { ClientSignal } from "../../src/proxy/attempt.ts";
+import type { Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "../../src/scheduling/port.ts";
+import { bundleForWorkers, bundleWorker, COMPATIBILITY_DATE, SCHEDULER_CLASS } from "../harness/workers.ts";
+import { schedulerConformance } from "./scheduler-suite.ts";
+
+/**
+ * A test-only Worker that drives the real DurableObjectScheduler for the Node test process. A
+ * Node AbortSignal cannot cross into workerd, and separate HTTP calls from Node may reach the
+ * object in any order; so calls travel in order over one WebSocket, and an abort is a message
+ * that aborts the signal this Worker passed to acquire (the client turns that into `cancel`).
+ * One connection is one request, so it keeps one stub: calls on one stub arrive in order.
+ */
+const DRIVER_SOURCE = `
+import { DurableObjectScheduler } from "./scheduler-client.ts";
+export default {
+  fetch(request, env) {
+    if (request.headers.get("upgrade") !== "websocket") return new Response("websocket only", { status: 426 });
+    const [client, server] = Object.values(new WebSocketPair());
+    server.accept();
+    const stub = env.SCHEDULER.get(env.SCHEDULER.idFromName("suite"));
+    const scheduler = new DurableObjectScheduler(() => stub);
+    const controllers = new Map();
+    const reply = (n, body) => server.send(JSON.stringify({ n, ...body }));
+    server.addEventListener("message", (event) => {
+      const m = JSON.parse(event.data);
+      if (m.op === "acquire") {
+        const controller = new AbortController();
+        controllers.set(m.n, controller);
+        scheduler.acquire(m.request, controller.signal).then(
+          (result) => { controllers.delete(m.n); reply(m.n, { result }); },
+          (err) => reply(m.n, { error: String(err) }),
+        );
+      } else if (m.op === "abort") controllers.get(m.target)?.abort();
+      else if (m.op === "release") scheduler.release(m.backend, m.outcome);
+      else if (m.op === "stats") scheduler.stats().then((result) => reply(m.n, { result }), (err) => reply(m.n, { error: String(err) }));
+      // The object's RPC methods as they are, tickets chosen by the test.
+      else if (m.op === "raw") Promise.resolve(stub[m.method](...m.args)).then((result) => reply(m.n, { result: result ?? null }), (err) => reply(m.n, { error: String(err) }));
+    });
+    return new Response(null, { status: 101, webSocket: client });
+  },
+};
+`;
+
+let driverBundle: Promise<string> | undefined;
+const bundleDriver = () =>
+  (driverBundle ??= bundleForWorkers({ source: DRIVER_SOURCE, resolveDir: fileURLToPath(new URL("../../adapters/cloudflare/", import.meta.url)) }));
+
+/** The WebSocket miniflare hands back from an upgrade (its own class, not Node's). */
+interface DriverSocket {
+  accept(): void;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: "message", listener: (event: { data: unknown }) => void): void;
+}
+
+/** The Scheduler port in the Node test process, every call going to the Durable Object through the driver. */
+class RemoteScheduler implements Scheduler {
+  private n = 0;
+  private readonly answers = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  constructor(private readonly ws: DriverSocket) {
+    ws.addEventListener("message", (event) => {
+      const m = JSON.parse(String(event.data)) as { n: number; result?: unknown; error?: string };
+      const answer = this.answers.get(m.n);
+      this.answers.delete(m.n);
+      if (m.error !== undefined) answer?.reject(new Error(m.error));
+      else answer?.resolve(m.result);
+    });
+  }
+
+  /** Calls a SchedulerObject RPC method directly (no client in between). */
+  raw<T>(method: "acquire" | "cancel" | "release" | "stats", ...args: unknown[]): Promise<T> {
+    return this.ask<T>({ op: "raw", method, args }).answer;
+  }
+
+  private ask<T>(message: Record<string, unknown>): { n: number; answer: Promise<T> } {
+    const n = ++this.n;
+    const answer = new Promise<T>((resolve, reject) => this.answers.set(n, { resolve: resolve as (v: unknown) => void, reject }));
+    this.ws.send(JSON.stringify({ n, ...message }));
+    return { n, answer };
+  }
+
+  acquire(request: SlotRequest, signal?: ClientSignal): Promise<SlotDecision> {
+    if (signal?.aborted) return Promise.resolve({ kind: "cancelled" });
+    const { n, answer } = this.ask<SlotDecision>({ op: "acquire", request });
+    signal?.addEventListener("abort", () => this.ws.send(JSON.stringify({ op: "abort", target: n })), { once: true });
+    return answer;
+  }
+
+  release(backend: string, outcome: SlotRelease): void {
+    this.ws.send(JSON.stringify({ op: "release", backend, outcome }));
+  }
+
+  stats(): Promise<SchedulerStats> {
+    return this.ask<SchedulerStats>({ op: "stats" }).answer;
+  }
+}
+
+async function startDriver(input: SluiceConfigInput): Promise<{ scheduler: RemoteScheduler; close(): Promise<void> }> {
+  const [driver, gateway] = await Promise.all([bundleDriver(), bundleWorker()]);
+  const mf = new Miniflare({
+    workers: [
+      {
+        name: "driver",
+        modules: [{ type: "ESModule", path: "driver.js", contents: driver }],
+        compatibilityDate: COMPATIBILITY_DATE,
+        durableObjects: { SCHEDULER: { ...SCHEDULER_CLASS, scriptName: "gateway" } },
+      },
+      {
+        name: "gateway",
+        modules: [{ type: "ESModule", path: "worker.js", contents: gateway }],
+        compatibilityDate: COMPATIBILITY_DATE,
+        bindings: { SLUICE_CONFIG: JSON.stringify(input) },
+        durableObjects: { SCHEDULER: SCHEDULER_CLASS },
+      },
+    ],
+  });
+  const res = await mf.dispatchFetch("http://driver.local/", { headers: { upgrade: "websocket" } });
+  const ws = res.webSocket as unknown as DriverSocket | null;
+  if (!ws) throw new Error(`the driver did not upgrade: ${res.status} ${await res.text()}`);
+  ws.accept();
+  return {
+    scheduler: new RemoteScheduler(ws),
+    close: async () => {
+      ws.close(1000, "done");
+      await mf.dispose();
+    },
+  };
+}
+
+schedulerConformance("durable object (miniflare)", startDriver);
+
+describe("durable object scheduler: tickets across the RPC boundary", () => {
+  let current: Awaited<ReturnType<typeof startDriver>> | undefined;
+  afterEach(async () => {
+    await current?.close();
+    current = undefined;
+  });
+  const one = { backends: [{ name: "b1", url: "http://127.0.0.1:9", models: ["gpt-4o"], maxConcurrency: 1 }] };
+  const slot = (id: string): SlotRequest => ({ id, priority: 2, caller: "a", cost: 1, deadline: Date.now() + 60_000, eligible: ["b1"], tried: [] });
+
+  it("a cancel that overtakes its acquire still cancels it", async () => {
+    const s = (current = await startDriver(one)).scheduler;
+    expect((await s.raw<SlotDecision>("acquire", slot("r1"), "t1")).kind).toBe("granted");
+    await s.raw("cancel", "t2");
+    expect(await s.raw<SlotDecision>("acquire", slot("r2"), "t2")).toEqual({ kind: "cancelled" });
+  });
+
+  it("a cancel that arrives after the grant frees the slot; a release of a ticket it does not hold frees nothing", async () => {
+    const s = (current = await startDriver(one)).scheduler;
+    expect((await s.raw<SlotDecision>("acquire", slot("r1"), "t1")).kind).toBe("granted");
+    // Granted, but the caller had already gone: its cancel frees the slot.
+    await s.raw("cancel", "t1");
+    expect((await s.raw<SlotDecision>("acquire", slot("r2"), "t2")).kind).toBe("granted");
+    // A second free of t1, and a ticket never granted: the slot stays t2's.
+    await s.raw("release", "b1", { verdict: "success" }, "t1");
+    await s.raw("release", "b1", { verdict: "success" }, "nope");
+    const waiting = s.raw<SlotDecision>("acquire", slot("r3"), "t3");
+    const stats = await s.raw<SchedulerStats>("stats");
+    expect(stats.waiting).toBe(1);
+    await s.raw("release", "b1", { verdict: "success" }, "t2");
+    expect((await waiting).kind).toBe("granted");
+  });
+
+  it("an acquire retried with the same ticket after a lost answer gets the same grant, not a second slot", async () => {
+    const s = (current = await startDriver({ backends: [{ ...one.backends[0]!, maxConcurrency: 2 }] })).scheduler;
+    const first = await s.raw<SlotDecision>("acquire", slot("r1"), "t1");
+    expect(await s.raw<SlotDecision>("acquire", slot("r1"), "t1")).toEqual(first);
+    // One slot taken, one free.
+    expect((await s.raw<SlotDecision>("acquire", slot("r2"), "t2")).kind).toBe("granted");
+  });
+});
+
+describe("durable object scheduler: one queue for every isolate", () => {
+  let mf: Miniflare | undefined;
+  let sim: RunningSimulator | undefined;
+  afterEach(async () => {
+    await mf?.dispose();
+    await sim?.close();
+    mf = sim = undefined;
+  });
+
+  it("urgent requests through worker B are served before less urgent ones already queued through worker A", async () => {
+    sim = await startSimulator({ name: "b1" });
+    // The first request holds b1 long enough for both workers' requests to queue behind it.
+    sim.sim.script([{ firstByteDelayMs: 1_000 }]);
+    sim.sim.setAlways({ firstByteDelayMs: 200 });
+    const config: SluiceConfigInput = {
+      backends: [{ name: "b1", url: sim.url, kind: "openai", models: ["gpt-4o"], maxConcurrency: 1, auth: { type: "none" } }],
+      scheduling: { reservedShare: 0 },
+    };
+    const contents = await bundleWorker();
+    const worker = (name: string, scriptName?: string) => ({
+      name,
+      modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
+      compatibilityDate: COMPATIBILITY_DATE,
+      bindings: { SLUICE_CONFIG: JSON.stringify(config) },
+      durableObjects: { SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS },
+    });
+    // Two Worker scripts: two isolates, each with its own gateway, one SchedulerObject (in "a").
+    mf = new Miniflare({ workers: [worker("a"), worker("b", "a")] });
+    const [a, b] = await Promise.all([mf.getWorker("a"), mf.getWorker("b")]);
+    const send = (via: typeof a, label: string, priority: "low" | "high") =>
+      via
+        .fetch("http://gateway.local/v1/chat/completions", {
+          method: "POST",
+          headers: { "content-type": "application/json", "x-priority": priority },
+          body: JSON.stringify({ model: "gpt-4o", messages: [{ role: "user", content: label }] }),
+        })
+        .then(async (r) => ({ label, status: r.status, queueMs: Number(r.headers.get("x-sluice-queue-ms")), text: await r.text() }));
+    const queued = async (n: number) => {
+      for (let i = 0; i < 200; i++) {
+        const health = (await (await a.fetch("http://gateway.local/_gateway/health")).json()) as { queue: SchedulerStats };
+        if (health.queue.waiting === n) return;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      throw new Error(`the queue never reached ${n} waiting`);
+    };
+
+    const lows = [send(a, "low-0", "low")];
+    for (let i = 0; i < 200 && sim.sim.stats().received < 1; i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 1; i <= 3; i++) lows.push(send(a, `low-${i}`, "low"));
+    await queued(3);
+    const highs = [1, 2, 3].map((i) => send(b, `high-${i}`, "high"));
+    await queued(6);
+    const replies = await Promise.all([...lows, ...highs]);
+    for (const r of replies) expect(r.status, `${r.label}: ${r.text.slice(0, 200)}`).toBe(200);
+
+    const requests = sim.sim.stats().requests;
+    const served = requests.map((q) => (JSON.parse(q.body) as { messages: Array<{ content: string }> }).messages[0]!.content);
+    expect(served[0]).toBe("low-0");
+    expect(served.slice(1, 4).sort()).toEqual(["high-1", "high-2", "high-3"]);
+    expect(served.slice(4).sort()).toEqual(["low-1", "low-2", "low-3"]);
+    // maxConcurrency 1 held across both isolates: each request reached b1 after the previous one's 200 ms.
+    for (let i = 1; i < requests.length; i++) expect(requests[i]!.at - requests[i - 1]!.at).toBeGreaterThanOrEqual(190);
+    const waitedHigh = Math.max(...replies.filter((r) => r.label.startsWith("high")).map((r) => r.queueMs));
+    const waitedLow = Math.max(...replies.filter((r) => r.label.startsWith("low")).map((r) => r.queueMs));
+    expect(waitedLow).toBeGreaterThan(waitedHigh);
+  });
+});
