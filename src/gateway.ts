@@ -11,7 +11,7 @@ import { InProcessScheduler } from "./scheduling/in-process.ts";
 import type { Scheduler } from "./scheduling/port.ts";
 import { ttlDeadline } from "./scheduling/ttl.ts";
 import { FanOutSink, RequestRecord, type UsageSink } from "./metering/events.ts";
-import { backendMetricsState, GatewayMetrics, PROMETHEUS_CONTENT_TYPE, priorityNamer } from "./metrics/gateway-metrics.ts";
+import { GatewayMetrics, PROMETHEUS_CONTENT_TYPE, priorityNamer } from "./metrics/gateway-metrics.ts";
 import { budgetHeaders, InProcessRateLimiter, type LimitScope, type RateLimiter } from "./governance/limits.ts";
 import { retryAfterHeaders } from "./http/errors.ts";
 
@@ -103,31 +103,20 @@ export function createGateway(options: GatewayOptions): Gateway {
 
   app.get("/liveness", (c) => c.text("ok"));
   app.get("/startup", (c) => c.text("ok"));
-  app.get("/readiness", (c) => {
-    const now = ctx.now();
-    const usable = pool.backends.some((b) => b.breaker.canPass(now));
+  // Backend state lives with the scheduler (in-process, or the Durable Object on Workers).
+  app.get("/readiness", async (c) => {
+    const { backends } = await scheduler.stats();
+    const usable = backends.some((b) => b.breaker !== "open");
     return c.text(usable ? "ready" : "no usable backend", usable ? 200 : 503);
   });
   app.get("/_gateway/health", async (c) => {
-    const queue = await scheduler.stats();
-    const now = ctx.now();
-    return c.json({
-      status: "ok",
-      queue,
-      backends: pool.backends.map((b) => ({
-        name: b.name,
-        group: b.group,
-        inFlight: b.inFlight,
-        breaker: b.breaker.state(now),
-        coolingDownMs: Math.max(0, b.cooldownUntil - now),
-        ttfbMs: b.ttfbMs === undefined ? null : Math.round(b.ttfbMs),
-      })),
-    });
+    const { backends, ...queue } = await scheduler.stats();
+    return c.json({ status: "ok", queue, backends });
   });
   app.get("/metrics", async (c) => {
     const queue = await scheduler.stats();
-    const text = metrics.render({ backends: backendMetricsState(pool.backends, ctx.now()), queue });
-    return c.body(text, 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+    const backends = queue.backends.map((b) => ({ name: b.name, inFlight: b.inFlight, breaker: b.breaker, coolingDown: b.coolingDownMs > 0, ttfbMs: b.ttfbMs }));
+    return c.body(metrics.render({ backends, queue }), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
   });
   app.get("/_gateway/metrics", (c) => c.redirect("/metrics", 308));
   app.get("/v1/models", (c) => {

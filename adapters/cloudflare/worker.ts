@@ -3,6 +3,7 @@ import { createGateway, type Gateway } from "../../src/gateway.ts";
 import { errorResponse } from "../../src/http/errors.ts";
 import { DurableObjectScheduler, poolKey, type SchedulerNamespace } from "./scheduler-client.ts";
 import { configFromEnv } from "./scheduler-object.ts";
+import { workerSinks } from "./sinks.ts";
 
 /** The Durable Object class wrangler binds as SCHEDULER: exported from the entry module. */
 export { SchedulerObject } from "./scheduler-object.ts";
@@ -29,7 +30,7 @@ function gatewayFor(env: Env): Gateway {
     const ns = env.SCHEDULER;
     const id = ns?.idFromName(poolKey(config));
     const scheduler = ns ? () => new DurableObjectScheduler(() => ns.get(id as never), config.scheduling.queueFullRetryMs) : undefined;
-    current = { source, gateway: createGateway({ config, scheduler }) };
+    current = { source, gateway: createGateway({ config, scheduler, usageSinks: workerSinks(config.metering.sinks, env) }) };
   }
   return current.gateway;
 }

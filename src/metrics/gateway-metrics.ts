@@ -36,7 +36,7 @@ export interface BackendMetricsState {
 
 export interface MetricsState {
   backends: readonly BackendMetricsState[];
-  queue: SchedulerStats;
+  queue: Pick<SchedulerStats, "waiting" | "levels">;
 }
 
 export interface GatewayMetricsOptions {

@@ -203,7 +203,19 @@ export class InProcessScheduler implements Scheduler {
   }
 
   stats(): SchedulerStats {
-    return { waiting: this.waiting, levels: [...this.levelStats.values()].sort((a, b) => a.level - b.level).map((l) => ({ ...l })) };
+    const now = this.options.now();
+    return {
+      waiting: this.waiting,
+      levels: [...this.levelStats.values()].sort((a, b) => a.level - b.level).map((l) => ({ ...l })),
+      backends: this.pool.backends.map((b) => ({
+        name: b.name,
+        group: b.group,
+        inFlight: b.inFlight,
+        breaker: b.breaker.state(now),
+        coolingDownMs: Math.max(0, b.cooldownUntil - now),
+        ttfbMs: b.ttfbMs === undefined ? null : Math.round(b.ttfbMs),
+      })),
+    };
   }
 
   private levelStat(level: number): LevelStats {

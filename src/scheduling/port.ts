@@ -66,9 +66,21 @@ export interface LevelStats {
   waitedMs: number;
 }
 
+/** A backend's live state, as the store that owns it sees it. */
+export interface BackendState {
+  name: string;
+  group: number;
+  inFlight: number;
+  breaker: "closed" | "open" | "half-open";
+  coolingDownMs: number;
+  ttfbMs: number | null;
+}
+
 export interface SchedulerStats {
   waiting: number;
   levels: LevelStats[];
+  /** The backends' state where the scheduler keeps it (in-process, or in the Durable Object). */
+  backends: BackendState[];
 }
 
 /**
