@@ -206,6 +206,79 @@ const limits = z
   })
   .strict();
 
+const profile = z
+  .object({
+    models: z
+      .array(z.string().min(1))
+      .optional()
+      .describe("Models the caller may use; `*` matches any run of characters (`gpt-4o*`). Default: all."),
+    defaultPriority: priorityRef.optional().describe("Priority when the request names none."),
+    maxPriority: priorityRef
+      .optional()
+      .describe("The most urgent priority the caller may have; a request asking for more is served at this one."),
+    limits: limitSpec.optional().describe("The caller's own token and request budget (instead of limits.perCaller)."),
+    async: z.boolean().default(false).describe("May use long-running async requests."),
+    headers: z.record(z.string(), z.string()).default({}).describe("Headers added to the request sent to the backend."),
+    validateHeaders: z
+      .record(z.string(), z.array(z.string()))
+      .default({})
+      .describe("Request headers whose value must be one of these (missing or other: 400)."),
+    suspended: z.boolean().default(false).describe("Every request of the caller is refused (403)."),
+  })
+  .strict();
+
+const apiKey = z
+  .object({
+    hash: z
+      .string()
+      .regex(/^sha256:[0-9a-f]{64}$/, "use sha256:<64 lower-case hex digits> (npm run hash-key -- <key>)")
+      .describe("SHA-256 of the key; the key itself is never stored."),
+    caller: z.string().min(1).describe("Caller id reported in usage events and metrics."),
+    app: z.string().min(1).optional(),
+    groups: z.array(z.string()).default([]),
+    profile: z.string().min(1).optional().describe("Profile name; default: auth.defaultProfile."),
+  })
+  .strict();
+
+const jwt = z
+  .object({
+    jwksUrl: z.url().describe("Where the signing keys are (Entra ID: https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys)."),
+    issuer: z.union([z.string(), z.array(z.string()).min(1)]).describe("Accepted `iss`."),
+    audience: z.union([z.string(), z.array(z.string()).min(1)]).describe("Accepted `aud`."),
+    algorithms: z.array(z.string()).default(["RS256"]).describe("Accepted signing algorithms (never `none`)."),
+    clockToleranceSec: z.number().int().nonnegative().default(60).describe("Allowed clock skew for exp/nbf/iat."),
+    callerClaim: z.string().default("oid").describe("Claim that names the caller (Entra ID: oid; else sub)."),
+    appClaims: z.array(z.string()).default(["azp", "appid"]).describe("Claims naming the calling application, first present wins."),
+    groupClaims: z.array(z.string()).default(["groups", "roles"]).describe("Claims whose values are the caller's groups (and app roles)."),
+    allowedApps: z.array(z.string()).optional().describe("Only these application ids may call (403 for others)."),
+  })
+  .strict();
+
+const auth = z
+  .object({
+    apiKeys: z.array(apiKey).default([]).describe("Accepted API keys (api-key, Authorization: Bearer, ocp-apim-subscription-key)."),
+    jwt: jwt.optional().describe("Accept JWT bearer tokens (Entra ID first)."),
+    anonymous: z
+      .boolean()
+      .optional()
+      .describe("Serve requests without credentials. Default: true when neither apiKeys nor jwt is configured."),
+    defaultProfile: z.string().min(1).optional().describe("Profile of callers no binding names."),
+    groupProfiles: z.record(z.string(), z.string()).default({}).describe("Group or role id → profile (JWT callers; the first match wins)."),
+    appProfiles: z.record(z.string(), z.string()).default({}).describe("Application id → profile."),
+    forwardIdentity: z
+      .boolean()
+      .default(false)
+      .describe("Send the verified caller, app and groups to backends as x-sluice-caller, x-sluice-app, x-sluice-groups."),
+  })
+  .strict();
+
+const headerPolicy = z
+  .object({
+    strip: z.array(z.string()).default([]).describe("Request headers removed before the backend."),
+    require: z.array(z.string()).default([]).describe("Request headers that must be present (else 400)."),
+  })
+  .strict();
+
 const server = z
   .object({
     host: z.string().default("0.0.0.0").describe("Address the Node server listens on."),
@@ -229,6 +302,9 @@ export const configSchema = z
     scheduling: scheduling.prefault({}),
     metering: metering.prefault({}),
     limits: limits.prefault({}),
+    auth: auth.prefault({}),
+    profiles: z.record(z.string(), profile).default({}).describe("Caller profiles by name."),
+    headerPolicy: headerPolicy.prefault({}),
     backends: z.array(backend).min(1),
   })
   .strict()
@@ -255,6 +331,22 @@ export const configSchema = z
         ctx.addIssue({ code: "custom", path: ["scheduling", "maxQueuePerLevel", p], message: `unknown priority "${p}"` });
       }
     });
+    const profileRef = (name: string | undefined, path: (string | number)[]) => {
+      if (name !== undefined && !(name in cfg.profiles)) ctx.addIssue({ code: "custom", path, message: `unknown profile "${name}"` });
+    };
+    cfg.auth.apiKeys.forEach((k, i) => profileRef(k.profile, ["auth", "apiKeys", i, "profile"]));
+    profileRef(cfg.auth.defaultProfile, ["auth", "defaultProfile"]);
+    for (const [g, p] of Object.entries(cfg.auth.groupProfiles)) profileRef(p, ["auth", "groupProfiles", g]);
+    for (const [a, p] of Object.entries(cfg.auth.appProfiles)) profileRef(p, ["auth", "appProfiles", a]);
+    if (cfg.auth.jwt?.algorithms.some((a) => a.toLowerCase() === "none")) {
+      ctx.addIssue({ code: "custom", path: ["auth", "jwt", "algorithms"], message: "\"none\" is never accepted" });
+    }
+    for (const [name, p] of Object.entries(cfg.profiles)) {
+      for (const key of ["defaultPriority", "maxPriority"] as const) {
+        const v = p[key];
+        if (typeof v === "string" && !(v in cfg.priorities.levels)) ctx.addIssue({ code: "custom", path: ["profiles", name, key], message: `unknown priority "${v}"` });
+      }
+    }
     const d = cfg.priorities.default;
     if (typeof d === "string" && !(d in cfg.priorities.levels)) {
       ctx.addIssue({ code: "custom", path: ["priorities", "default"], message: `unknown priority "${d}"` });
@@ -266,3 +358,5 @@ export type SluiceConfigInput = z.input<typeof configSchema>;
 export type BackendConfig = SluiceConfig["backends"][number];
 export type BackendKind = BackendConfig["kind"];
 export type SinkConfig = SluiceConfig["metering"]["sinks"][number];
+export type ProfileConfig = SluiceConfig["profiles"][string];
+export type JwtConfig = NonNullable<SluiceConfig["auth"]["jwt"]>;
