@@ -22,7 +22,7 @@ const modelEntry = z.union([
     .strict(),
 ]);
 
-const auth = z.discriminatedUnion("type", [
+const backendAuth = z.discriminatedUnion("type", [
   z
     .object({
       type: z.literal("api-key"),
@@ -82,7 +82,7 @@ const backend = z
       .string()
       .optional()
       .describe("api-version used when an OpenAI-path request is sent to an azure-openai or apim backend."),
-    auth: auth.optional().describe("Credentials the gateway sends. Omitted: none."),
+    auth: backendAuth.optional().describe("Credentials the gateway sends. Omitted: none."),
   })
   .strict();
 
