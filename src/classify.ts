@@ -14,6 +14,8 @@ export interface Classified {
   /** The part of the path after `/openai/deployments/{d}/`, `/openai/v1/` or `/v1/` (no leading slash); undefined for other paths. */
   operation: string | undefined;
   priority: number;
+  /** The client named its priority (else it is the configured default). */
+  priorityExplicit: boolean;
   /** Parsed JSON body, when the body is a JSON object. */
   json: Record<string, unknown> | undefined;
   /** Estimated tokens (prompt + completion budget): the request's weight in fair share and its reservation against limits. */
@@ -22,8 +24,6 @@ export interface Classified {
   completionBudget: number;
   /** The client asked for a streamed answer. */
   stream: boolean;
-  /** Fair-share key of the client. */
-  caller: string;
 }
 
 export class BadRequest extends Error {
@@ -62,8 +62,8 @@ function parseJsonObject(body: BodyBytes | null): Record<string, unknown> | unde
   }
 }
 
-/** Priority from, in order: `x-priority`, SimpleL7Proxy's `S7PPriorityKey` (mapped by config), `?priority=`, the default. */
-function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number {
+/** Priority from, in order: `x-priority`, SimpleL7Proxy's `S7PPriorityKey` (mapped by config), `?priority=`; undefined when none. */
+function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number | undefined {
   const { levels, keys } = config.priorities;
   const named = headers.get("x-priority");
   const key = headers.get("s7pprioritykey");
@@ -76,7 +76,7 @@ function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number {
     }
     return level;
   }
-  return resolvePriority(config.priorities.default, levels)!;
+  return undefined;
 }
 
 const DEFAULT_COMPLETION_BUDGET = 256;
@@ -93,19 +93,6 @@ export function estimateTokens(body: BodyBytes | null, json: Record<string, unkn
   return { prompt, completion: (typeof budget === "number" && budget >= 0 ? budget : DEFAULT_COMPLETION_BUDGET) * n };
 }
 
-/** FNV-1a: a cheap, stable bucket for a credential, so the credential itself is never kept. */
-function fingerprint(value: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < value.length; i++) h = Math.imul(h ^ value.charCodeAt(i), 0x01000193);
-  return (h >>> 0).toString(16).padStart(8, "0");
-}
-
-/** Until identities are verified, fair share keys on a fingerprint of the credential the client sent. */
-function callerOf(headers: Headers): string {
-  const credential = headers.get("api-key") ?? headers.get("authorization") ?? headers.get("ocp-apim-subscription-key") ?? headers.get("x-api-key");
-  return credential ? `key:${fingerprint(credential)}` : "anonymous";
-}
-
 export function classify(pathname: string, url: URL, headers: Headers, body: BodyBytes | null, config: SluiceConfig): Classified {
   let model: string | undefined;
   let operation: string | undefined;
@@ -120,7 +107,7 @@ export function classify(pathname: string, url: URL, headers: Headers, body: Bod
   }
   const json = parseJsonObject(body);
   if (!azurePath && typeof json?.model === "string") model = json.model;
-  const priority = priorityOf(headers, url, config);
+  const named = priorityOf(headers, url, config);
   const api = apiKind(operation);
   // Embeddings produce no completion: their cost is the input alone.
   const estimate = estimateTokens(body, api === "embeddings" ? undefined : json);
@@ -129,11 +116,11 @@ export function classify(pathname: string, url: URL, headers: Headers, body: Bod
     model,
     azurePath,
     operation,
-    priority,
+    priority: named ?? resolvePriority(config.priorities.default, config.priorities.levels)!,
+    priorityExplicit: named !== undefined,
     json,
     cost: estimate.prompt + estimate.completion,
     completionBudget: estimate.completion,
     stream: json?.stream === true,
-    caller: callerOf(headers),
   };
 }

@@ -13,6 +13,9 @@ import { ttlDeadline } from "./scheduling/ttl.ts";
 import { FanOutSink, RequestRecord, type UsageSink } from "./metering/events.ts";
 import { GatewayMetrics, PROMETHEUS_CONTENT_TYPE, priorityNamer } from "./metrics/gateway-metrics.ts";
 import { budgetHeaders, InProcessRateLimiter, type LimitScope, type RateLimiter } from "./governance/limits.ts";
+import { Authenticator, modelAllowed, type Identity } from "./governance/identity.ts";
+import { createJwtVerifier } from "./governance/jwt.ts";
+import type { HeaderPairs } from "./http/headers.ts";
 import { retryAfterHeaders } from "./http/errors.ts";
 
 export interface GatewayOptions {
@@ -31,6 +34,8 @@ export interface GatewayOptions {
   limiter?: RateLimiter;
   /** The scheduler's backing store: in-process by default, a Durable Object on Workers. */
   scheduler?: (pool: BackendPool, config: SluiceConfig) => Scheduler;
+  /** The config version this gateway serves and the last refused reload; shown under `config` by /_gateway/health. */
+  configStatus?: () => { version: string; loadedAt: string; lastReloadError: string | null; lastReloadErrorAt?: string | null };
 }
 
 /** The in-process scheduler for a config (Node, Azure Functions, tests). */
@@ -74,6 +79,40 @@ function withStreamUsage(cls: Classified): BodyBytes | undefined {
   return encoder.encode(JSON.stringify(cls.json));
 }
 
+/** The profile's default applies when the client named no priority; its maximum caps what the client asked for. */
+function governedPriority(cls: Classified, identity: Identity, config: SluiceConfig): number {
+  const profile = identity.profile;
+  if (!profile) return cls.priority;
+  const levels = config.priorities.levels;
+  let level = cls.priority;
+  if (!cls.priorityExplicit && profile.defaultPriority !== undefined) level = resolvePriority(profile.defaultPriority, levels)!;
+  // A lower number is more urgent: the cap is the larger of the two.
+  if (profile.maxPriority !== undefined) level = Math.max(level, resolvePriority(profile.maxPriority, levels)!);
+  return level;
+}
+
+/** Required headers present, validated ones holding an allowed value: else 400. */
+function checkHeaderPolicy(headers: Headers, config: SluiceConfig, identity: Identity): void {
+  for (const name of config.headerPolicy.require) {
+    if (headers.get(name) === null) throw new BadRequest(`the header ${name} is required`, "header_required");
+  }
+  for (const [name, allowed] of Object.entries(identity.profile?.validateHeaders ?? {})) {
+    const value = headers.get(name);
+    if (value === null || !allowed.includes(value)) throw new BadRequest(`the header ${name} is missing or not an allowed value for this caller`, "header_invalid");
+  }
+}
+
+/** Profile headers, and the verified identity when the config forwards it. */
+function upstreamIdentityHeaders(identity: Identity, config: SluiceConfig): HeaderPairs | undefined {
+  const pairs: HeaderPairs = Object.entries(identity.profile?.headers ?? {});
+  if (config.auth.forwardIdentity) {
+    pairs.push(["x-sluice-caller", identity.caller]);
+    if (identity.app) pairs.push(["x-sluice-app", identity.app]);
+    if (identity.groups.length) pairs.push(["x-sluice-groups", identity.groups.join(",")]);
+  }
+  return pairs.length ? pairs : undefined;
+}
+
 const readRequestBody = async (request: Request): Promise<BodyBytes> => new Uint8Array(await request.arrayBuffer());
 
 /** The gateway: one Hono app on Web-standard APIs, the same on every runtime. */
@@ -87,10 +126,12 @@ export function createGateway(options: GatewayOptions): Gateway {
   const pool = new BackendPool(config, options.random);
   const now = options.now ?? Date.now;
   const limiter = options.limiter ?? new InProcessRateLimiter(now);
-  const limitScopes = (caller: string): LimitScope[] => {
-    const spec = config.limits.callers[caller] ?? config.limits.perCaller;
-    return spec ? [{ key: `caller:${caller}`, spec }] : [];
+  const limitScopes = (identity: Identity): LimitScope[] => {
+    const spec = identity.profile?.limits ?? config.limits.callers[identity.caller] ?? config.limits.perCaller;
+    return spec ? [{ key: `caller:${identity.caller}`, spec }] : [];
   };
+  const authenticator = new Authenticator(config, config.auth.jwt ? createJwtVerifier(config.auth.jwt) : undefined);
+  const stripHeaders = new Set(config.headerPolicy.strip.map((h) => h.toLowerCase()));
   const scheduler = options.scheduler ? options.scheduler(pool, config) : inProcessScheduler(pool, config, now);
   const ctx: ProxyContext = {
     config,
@@ -111,7 +152,7 @@ export function createGateway(options: GatewayOptions): Gateway {
   });
   app.get("/_gateway/health", async (c) => {
     const { backends, ...queue } = await scheduler.stats();
-    return c.json({ status: "ok", queue, backends });
+    return c.json({ status: "ok", queue, backends, ...(options.configStatus ? { config: options.configStatus() } : {}) });
   });
   app.get("/metrics", async (c) => {
     const queue = await scheduler.stats();
@@ -128,26 +169,38 @@ export function createGateway(options: GatewayOptions): Gateway {
     const started = now();
     const request = c.req.raw;
     const requestId = request.headers.get(H.requestId) || crypto.randomUUID();
-    const url = new URL(request.url);
     const headers = gatewayHeaders(requestId, 0, undefined);
+    const who = await authenticator.identify(request.headers);
+    if (!who.ok) {
+      new RequestRecord(sink, started, requestId, "unknown", defaultLevel, null, false).complete(who.status, now());
+      return errorResponse({ status: who.status, code: who.code, message: who.message, headers });
+    }
+    const identity = who.identity;
+    const url = new URL(request.url);
     const body = NO_BODY.has(request.method) ? null : await readBody(request, c.env);
     let cls: Classified;
     let deadline: number;
     try {
       cls = classify(url.pathname, url, request.headers, body, config);
       deadline = ttlDeadline(request.headers.get("s7pttl"), started, config.scheduling.defaultTtlMs);
+      checkHeaderPolicy(request.headers, config, identity);
     } catch (err) {
       if (!(err instanceof BadRequest)) throw err;
-      new RequestRecord(sink, started, requestId, "unknown", defaultLevel, null, false).complete(400, now());
+      new RequestRecord(sink, started, requestId, identity.caller, defaultLevel, null, false).complete(400, now());
       return errorResponse({ status: 400, code: err.code, message: err.message, headers });
     }
-    const record = new RequestRecord(sink, started, requestId, cls.caller, cls.priority, cls.model ?? null, cls.stream);
+    cls.priority = governedPriority(cls, identity, config);
+    const record = new RequestRecord(sink, started, requestId, identity.caller, cls.priority, cls.model ?? null, cls.stream);
+    record.app = identity.app;
     record.operation = cls.operation?.split("?")[0] ?? null;
     /** Answered by the gateway itself, before any backend: the usage event goes out now. */
     const refuse = (status: number, code: string, message: string) => {
       record.complete(status, now());
       return errorResponse({ status, code, message, headers });
     };
+    if (!modelAllowed(identity.profile?.models, cls.model)) {
+      return refuse(403, "model_not_allowed", `this caller may not use the model "${cls.model ?? ""}"`);
+    }
     const { modelKnown, names: eligible } = pool.eligible(cls.model, cls.priority);
     if (!modelKnown) {
       return refuse(404, "model_not_found", cls.model === undefined ? "this request names no model and no backend serves it" : `the model "${cls.model}" is not served by this gateway`);
@@ -155,7 +208,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     if (!eligible.length) return refuse(503, "no_eligible_backend", `no backend serves "${cls.model}" at priority ${cls.priority}`);
     if (deadline <= now()) return refuse(412, "ttl_expired", "the request's TTL had passed when it arrived; it was not sent");
     let extraHeaders: Record<string, string> | undefined;
-    const scopes = limitScopes(cls.caller);
+    const scopes = limitScopes(identity);
     if (scopes.length) {
       const admission = await limiter.reserve(scopes, cls.cost);
       if (!admission.ok) {
@@ -184,6 +237,9 @@ export function createGateway(options: GatewayOptions): Gateway {
       record,
       stripUsageChunk: rewritten !== undefined,
       extraHeaders,
+      caller: identity.caller,
+      stripHeaders,
+      addHeaders: upstreamIdentityHeaders(identity, config),
     });
   });
 

@@ -1,20 +1,28 @@
 import { app } from "@azure/functions";
 import { createGateway } from "../../src/gateway.ts";
-import { loadNodeConfig } from "../node/config-source.ts";
+import { InProcessRateLimiter } from "../../src/governance/limits.ts";
+import { GatewayHolder, openNodeConfigSource } from "../node/reload.ts";
 import { nodeSinks } from "../node/sinks.ts";
 import { createUpstreamClient } from "../node/upstream.ts";
 import { createFunctionsHandler } from "./handler.ts";
 
 app.setup({ enableHttpStream: true });
 
-const config = loadNodeConfig([], process.env);
-if (!config) throw new Error("sluice: set SLUICE_CONFIG (a path or inline JSON) in the Function App settings");
-const gateway = createGateway({ config, upstream: createUpstreamClient().upstream, usageSinks: nodeSinks(config.metering.sinks).sinks });
+// SLUICE_CONFIG (a file, watched for changes, or inline JSON), or Azure App Configuration when
+// SLUICE_APPCONFIG_CONNECTION_STRING is set (polled through its sentinel key). Loaded before the
+// route is registered: an invalid or unreadable config fails the app's start, as before.
+const source = await openNodeConfigSource([], process.env);
+if (!source) throw new Error("sluice: set SLUICE_CONFIG (a path or inline JSON) or SLUICE_APPCONFIG_CONNECTION_STRING in the Function App settings");
+const upstream = createUpstreamClient().upstream;
+const usageSinks = nodeSinks(source.initial.config.metering.sinks).sinks;
+const limiter = new InProcessRateLimiter();
+const holder = new GatewayHolder((config, configStatus) => createGateway({ config, upstream, usageSinks, limiter, configStatus }), source.initial);
+source.follow(holder);
 
 // One catch-all route; host.json sets an empty route prefix so client paths reach the core unchanged.
 app.http("sluice", {
   route: "{*path}",
   methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
   authLevel: "anonymous",
-  handler: createFunctionsHandler(gateway),
+  handler: createFunctionsHandler(holder.gateway),
 });

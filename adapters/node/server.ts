@@ -3,14 +3,19 @@ import type { AddressInfo, Socket } from "node:net";
 import { serve } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
+import { InProcessRateLimiter } from "../../src/governance/limits.ts";
 import type { BodyBytes, ClientSignal } from "../../src/proxy/attempt.ts";
+import { configVersion, GatewayHolder } from "./reload.ts";
 import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient } from "./upstream.ts";
 
 export interface RunningGateway {
   url: string;
   port: number;
-  gateway: Gateway;
+  /** The gateway new requests go to (a config reload replaces it). */
+  readonly gateway: Gateway;
+  /** Holds the current gateway; config sources offer new versions to it. */
+  holder: GatewayHolder;
   server: Server;
   /** Stops accepting, lets in-flight requests finish within `graceMs`, then closes the rest. */
   close(graceMs?: number): Promise<void>;
@@ -71,14 +76,32 @@ export function socketCloseSignal(request: Request, env: unknown): ClientSignal 
   return outgoing ? new ConnectionSignal(outgoing) : request.signal;
 }
 
-/** The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. */
-export async function startGatewayServer(config: SluiceConfig, overrides: { host?: string; port?: number } = {}): Promise<RunningGateway> {
+export interface GatewayServerOptions {
+  /** Instead of server.host / server.port (tests: 127.0.0.1 and 0). */
+  host?: string;
+  port?: number;
+  /** The version of `config` shown by /_gateway/health (default: a hash of the parsed config). */
+  version?: string;
+  /** Where `config` came from, for reload messages. */
+  origin?: string;
+}
+
+/**
+ * The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. Each
+ * request goes to the gateway current at its arrival (see GatewayHolder); every config version
+ * shares the upstream connection pool, the usage sinks and the token/request budgets.
+ */
+export async function startGatewayServer(config: SluiceConfig, overrides: GatewayServerOptions = {}): Promise<RunningGateway> {
   const client = createUpstreamClient();
   const usage = nodeSinks(config.metering.sinks);
-  const gateway = createGateway({ config, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, usageSinks: usage.sinks });
+  const limiter = new InProcessRateLimiter();
+  const holder = new GatewayHolder(
+    (cfg, configStatus) => createGateway({ config: cfg, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, usageSinks: usage.sinks, limiter, configStatus }),
+    { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
+  );
   const host = overrides.host ?? config.server.host;
   const server = serve({
-    fetch: gateway.fetch,
+    fetch: holder.fetch,
     hostname: host,
     port: overrides.port ?? config.server.port,
     createServer,
@@ -93,7 +116,7 @@ export async function startGatewayServer(config: SluiceConfig, overrides: { host
   const port = (server.address() as AddressInfo).port;
   const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
 
-  const close = async (graceMs = config.server.shutdownGraceMs) => {
+  const close = async (graceMs = holder.config.server.shutdownGraceMs) => {
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     // Keep-alive connections that finish their last response are closed as they go idle.
     const sweep = setInterval(() => server.closeIdleConnections(), 50);
@@ -106,5 +129,14 @@ export async function startGatewayServer(config: SluiceConfig, overrides: { host
     await client.close();
     await usage.close();
   };
-  return { url: `http://${shownHost}:${port}`, port, gateway, server, close };
+  return {
+    url: `http://${shownHost}:${port}`,
+    port,
+    get gateway() {
+      return holder.current;
+    },
+    holder,
+    server,
+    close,
+  };
 }

@@ -42,12 +42,18 @@ function connectionListed(headers: HeaderSource): Set<string> | undefined {
   return new Set(c.split(",").map((t) => t.trim().toLowerCase()));
 }
 
-/** Headers sent upstream: the client's minus hop-by-hop, credentials and gateway-owned ones. */
-export function upstreamRequestHeaders(incoming: HeaderSource): HeaderPairs {
+/**
+ * Identity headers only the gateway may set: a client's copies never travel on, so a client
+ * cannot claim to be someone else to a backend that trusts them.
+ */
+const IDENTITY = /^(x-sluice-|x-ms-client-principal)/;
+
+/** Headers sent upstream: the client's minus hop-by-hop, credentials, gateway-owned and identity ones, and `strip`. */
+export function upstreamRequestHeaders(incoming: HeaderSource, strip?: ReadonlySet<string>): HeaderPairs {
   const listed = connectionListed(incoming);
   const out: HeaderPairs = [];
   incoming.forEach((value, name) => {
-    if (HOP_BY_HOP.has(name) || CLIENT_CREDENTIALS.has(name) || GATEWAY_OWNED.has(name) || listed?.has(name)) return;
+    if (HOP_BY_HOP.has(name) || CLIENT_CREDENTIALS.has(name) || GATEWAY_OWNED.has(name) || listed?.has(name) || IDENTITY.test(name) || strip?.has(name)) return;
     out.push([name, value]);
   });
   return out;

@@ -61,6 +61,7 @@ export class FanOutSink implements UsageSink {
 export class RequestRecord {
   backend: string | null = null;
   operation: string | null = null;
+  app: string | null = null;
   attempts = 0;
   queueMs = 0;
   ttfbMs: number | null = null;
@@ -89,7 +90,7 @@ export class RequestRecord {
       time: new Date(this.startedAt).toISOString(),
       requestId: this.requestId,
       caller: this.caller,
-      app: null,
+      app: this.app,
       priority: this.priority,
       model: this.model,
       operation: this.operation,

@@ -1,6 +1,6 @@
 import type { SluiceConfig } from "../config/schema.ts";
 import type { Classified } from "../classify.ts";
-import { downstreamResponseHeaders, GATEWAY_RESPONSE_HEADERS as H, upstreamRequestHeaders } from "../http/headers.ts";
+import { downstreamResponseHeaders, GATEWAY_RESPONSE_HEADERS as H, upstreamRequestHeaders, type HeaderPairs } from "../http/headers.ts";
 import { errorResponse, retryAfterHeaders, type AttemptRecord } from "../http/errors.ts";
 import type { Backend } from "../routing/backend.ts";
 import type { BackendPool } from "../routing/pool.ts";
@@ -39,6 +39,12 @@ export interface ProxyInput {
   stripUsageChunk: boolean;
   /** Headers for every response (the caller's remaining budget). */
   extraHeaders?: Record<string, string>;
+  /** The verified caller: the fair-share key. */
+  caller: string;
+  /** Request headers never sent upstream (header policy). */
+  stripHeaders?: ReadonlySet<string>;
+  /** Headers added upstream (profile headers, forwarded identity). */
+  addHeaders?: HeaderPairs;
 }
 
 const CLIENT_GONE = 499;
@@ -57,7 +63,8 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
   const { request, cls } = input;
   const res = config.resilience;
   const affinity = config.routing.affinity ? (request.headers.get(H.affinity) ?? undefined) : undefined;
-  const baseHeaders = upstreamRequestHeaders(request.headers);
+  const baseHeaders = upstreamRequestHeaders(request.headers, input.stripHeaders);
+  if (input.addHeaders) baseHeaders.push(...input.addHeaders);
   const attempts: AttemptRecord[] = [];
   let tried: string[] = [];
   let budget = res.maxAttempts ?? input.eligible.length;
@@ -80,7 +87,7 @@ export async function proxyRequest(ctx: ProxyContext, input: ProxyInput): Promis
 
   while (budget > 0) {
     const decision = await scheduler.acquire(
-      { id: input.requestId, priority: cls.priority, caller: cls.caller, cost: cls.cost, deadline: input.deadline, eligible: input.eligible, tried, affinity, place, notBefore },
+      { id: input.requestId, priority: cls.priority, caller: input.caller, cost: cls.cost, deadline: input.deadline, eligible: input.eligible, tried, affinity, place, notBefore },
       input.signal,
     );
     if (decision.kind === "cancelled") return final(new Response(null, { status: CLIENT_GONE }));

@@ -30,8 +30,10 @@ export function bundleWorker(): Promise<string> {
 export const COMPATIBILITY_DATE = "2026-04-01";
 /** The scheduler object as wrangler.toml binds it (SQLite-backed, as new_sqlite_classes declares). */
 export const SCHEDULER_CLASS = { className: "SchedulerObject", useSQLite: true } as const;
+/** The limiter object as wrangler.toml binds it (SQLite-backed, as new_sqlite_classes declares). */
+export const LIMITER_CLASS = { className: "LimiterObject", useSQLite: true } as const;
 
-/** The gateway under workerd via miniflare, on an ephemeral 127.0.0.1 port, with the Durable Object scheduler. */
+/** The gateway under workerd via miniflare, on an ephemeral 127.0.0.1 port, with the Durable Object scheduler and limiter. */
 export const startWorkersGateway: StartGateway = async (input) => {
   const contents = await bundleWorker();
   const mf = new Miniflare({
@@ -39,7 +41,7 @@ export const startWorkersGateway: StartGateway = async (input) => {
     compatibilityDate: COMPATIBILITY_DATE,
     // Usage events on the console would flood the test output; tests that read them name a sink.
     bindings: { SLUICE_CONFIG: JSON.stringify({ metering: { sinks: [] }, ...input }) },
-    durableObjects: { SCHEDULER: SCHEDULER_CLASS },
+    durableObjects: { SCHEDULER: SCHEDULER_CLASS, LIMITER: LIMITER_CLASS },
     host: "127.0.0.1",
     port: 0,
   });
