@@ -156,7 +156,6 @@ describe("hot reload of the config file (Node, real sockets)", () => {
     expect(after.length).toBeGreaterThan(20);
     expect(after.filter((s) => s.backend === "a")).toEqual([]);
     expect(new Set(after.map((s) => s.backend))).toEqual(new Set(["b", "c"]));
-    process.stderr.write(`samples=${samples.length} after=${after.length} swapLatency=${swapped - written} streamEndAfterSwap=${stream.end - swapped}\n`);
     const firstC = Math.min(...samples.filter((s) => s.backend === "c").map((s) => s.end));
     expect(firstC - written).toBeLessThan(1000);
 

@@ -1,7 +1,7 @@
-import { waitUntil } from "cloudflare:workers";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import type { ClientSignal } from "../../src/proxy/attempt.ts";
 import type { Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "../../src/scheduling/port.ts";
+import { BackgroundCalls, overloaded, withRetries } from "./rpc-calls.ts";
 import type { SchedulerRpc } from "./scheduler-object.ts";
 
 /** The part of a Durable Object namespace binding the client uses. */
@@ -18,13 +18,6 @@ export function poolKey(config: SluiceConfig): string {
   return `pool:${config.backends.map((b) => b.name).sort().join(",")}`;
 }
 
-const MAX_CALLS = 3;
-
-/** Transient RPC failures worth one more try (a reset object, a lost connection), not overload. */
-function retryable(err: unknown): boolean {
-  const e = err as { retryable?: unknown; overloaded?: unknown } | null;
-  return e?.retryable === true && e.overloaded !== true;
-}
 
 /**
  * The Scheduler port on Workers: every call goes to the pool's SchedulerObject, which holds
@@ -34,7 +27,7 @@ function retryable(err: unknown): boolean {
 export class DurableObjectScheduler implements Scheduler {
   /** Tickets of the slots this isolate holds, per backend (slots of one backend are interchangeable). */
   private readonly held = new Map<string, string[]>();
-  private readonly background = new Set<Promise<void>>();
+  private readonly background = new BackgroundCalls("scheduler");
 
   /**
    * @param stub returns a stub of the scheduler object. A Durable Object stub belongs to the
@@ -57,7 +50,7 @@ export class DurableObjectScheduler implements Scheduler {
         if (settled) return;
         settled = true;
         resolve({ kind: "cancelled" });
-        this.send("cancel", () => this.stub().cancel(ticket));
+        this.background.send("cancel", () => this.stub().cancel(ticket));
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       this.call(request, ticket).then(
@@ -66,7 +59,7 @@ export class DurableObjectScheduler implements Scheduler {
           if (settled) {
             // Cancelled first: the object frees this grant when the cancel reaches it; say it
             // again in case the cancel was lost (a second free of one ticket is a no-op).
-            if (decision.kind === "granted") this.send("release", () => this.stub().release(decision.backend, { verdict: "abandoned" }, ticket));
+            if (decision.kind === "granted") this.background.send("release", () => this.stub().release(decision.backend, { verdict: "abandoned" }, ticket));
             return;
           }
           settled = true;
@@ -81,7 +74,7 @@ export class DurableObjectScheduler implements Scheduler {
           signal?.removeEventListener("abort", onAbort);
           if (settled) return;
           settled = true;
-          if ((err as { overloaded?: unknown } | null)?.overloaded === true) resolve({ kind: "queue-full", retryAfterMs: this.overloadRetryMs });
+          if (overloaded(err)) resolve({ kind: "queue-full", retryAfterMs: this.overloadRetryMs });
           else reject(err);
         },
       );
@@ -92,7 +85,7 @@ export class DurableObjectScheduler implements Scheduler {
     const tickets = this.held.get(backend);
     const ticket = tickets?.shift();
     if (tickets && !tickets.length) this.held.delete(backend);
-    this.send("release", () => this.stub().release(backend, outcome, ticket));
+    this.background.send("release", () => this.stub().release(backend, outcome, ticket));
   }
 
   stats(): Promise<SchedulerStats> {
@@ -100,41 +93,12 @@ export class DurableObjectScheduler implements Scheduler {
   }
 
   /** Resolves when every release and cancel sent so far has been delivered (or has failed and been logged). */
-  async flush(): Promise<void> {
-    while (this.background.size) await Promise.all(this.background);
+  flush(): Promise<void> {
+    return this.background.flush();
   }
 
-  private async call(request: SlotRequest, ticket: string): Promise<SlotDecision> {
-    for (let n = 1; ; n++) {
-      try {
-        return await this.stub().acquire(request, ticket);
-      } catch (err) {
-        // The same ticket again: if the first call did get a slot, the object answers with it.
-        if (n >= MAX_CALLS || !retryable(err)) throw err;
-      }
-    }
-  }
-
-  /** A call nobody waits for; kept (and the invocation kept alive) until delivered, its failure logged. */
-  private send(what: string, call: () => Promise<void>): void {
-    const p = (async () => {
-      for (let n = 1; ; n++) {
-        try {
-          return await call();
-        } catch (err) {
-          if (n >= MAX_CALLS || !retryable(err)) {
-            console.error(`sluice: scheduler ${what} failed`, err);
-            return;
-          }
-        }
-      }
-    })();
-    this.background.add(p);
-    void p.finally(() => this.background.delete(p));
-    try {
-      waitUntil(p);
-    } catch {
-      // Outside a request (no invocation to extend): the promise is still kept above.
-    }
+  /** The same ticket on every try: if a call did get a slot, the object answers with it. */
+  private call(request: SlotRequest, ticket: string): Promise<SlotDecision> {
+    return withRetries(() => this.stub().acquire(request, ticket));
   }
 }

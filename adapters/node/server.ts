@@ -7,7 +7,7 @@ import { InProcessRateLimiter } from "../../src/governance/limits.ts";
 import type { BodyBytes, ClientSignal } from "../../src/proxy/attempt.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
 import { nodeSinks } from "./sinks.ts";
-import { createUpstreamClient } from "./upstream.ts";
+import { createUpstreamClient, readWhole } from "./upstream.ts";
 
 export interface RunningGateway {
   url: string;
@@ -29,16 +29,7 @@ export interface RunningGateway {
 export function readIncomingBody(request: Request, env: unknown): Promise<BodyBytes> {
   const incoming = (env as { incoming?: IncomingMessage } | undefined)?.incoming;
   if (!incoming || incoming.readableEnded || incoming.readableDidRead) return request.arrayBuffer().then((b) => new Uint8Array(b));
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let length = 0;
-    incoming.on("data", (chunk: Buffer) => {
-      chunks.push(chunk);
-      length += chunk.length;
-    });
-    incoming.once("end", () => resolve((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)) as unknown as BodyBytes));
-    incoming.once("error", reject);
-  });
+  return readWhole(incoming);
 }
 
 /**

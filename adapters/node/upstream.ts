@@ -48,7 +48,8 @@ function webBody(body: Readable): ReadableStream<Uint8Array> {
   );
 }
 
-function readWhole(body: Readable): Promise<BodyBytes> {
+/** A Node stream's bytes, whole: one chunk as it is, several joined once. */
+export function readWhole(body: Readable): Promise<BodyBytes> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let length = 0;

@@ -117,9 +117,14 @@ export class ResponseMeter {
 
   private onEvent(data: string): void {
     if (data === "[DONE]" || !data.includes("{")) return;
+    this.observe(data);
+  }
+
+  /** Takes the usage and the answer's length from one JSON document (an event's data or a whole body). */
+  private observe(text: string): void {
     let doc: unknown;
     try {
-      doc = JSON.parse(data);
+      doc = JSON.parse(text);
     } catch {
       return;
     }
@@ -142,15 +147,7 @@ export class ResponseMeter {
       }
       text = this.decoder.decode(all);
     }
-    let doc: unknown;
-    try {
-      doc = JSON.parse(text);
-    } catch {
-      return;
-    }
-    const u = usageIn(doc);
-    if (u) mergeUsage(this.parts, u);
-    this.answerChars += answerText(doc);
+    this.observe(text);
   }
 
   /** Passes on complete events except the usage-only one; keeps a partial event until it ends. */
