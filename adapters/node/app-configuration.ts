@@ -15,56 +15,11 @@
  * config key is read and offered to the GatewayHolder, which validates and swaps, or refuses.
  * While the sentinel key does not exist, the config key itself is polled the same way.
  */
-import { AppConfigurationClient, type AppConfigurationClientOptions, type GetConfigurationSettingResponse } from "@azure/app-configuration";
+import type { AppConfigurationClient, AppConfigurationClientOptions, GetConfigurationSettingResponse } from "@azure/app-configuration";
 import type { ConfigCandidate, ConfigFollower, GatewayHolder, ReloadOutcome } from "./reload.ts";
 
-export const APPCONFIG_ENV = {
-  connectionString: "SLUICE_APPCONFIG_CONNECTION_STRING",
-  key: "SLUICE_APPCONFIG_KEY",
-  sentinel: "SLUICE_APPCONFIG_SENTINEL",
-  label: "SLUICE_APPCONFIG_LABEL",
-  pollMs: "SLUICE_APPCONFIG_POLL_MS",
-} as const;
-
-export interface AppConfigSettings {
-  connectionString: string;
-  /** The store's endpoint, from the connection string (for messages; the secret is never shown). */
-  endpoint: string;
-  key: string;
-  sentinel: string;
-  label?: string;
-  pollMs: number;
-}
-
-/** The settings from the environment; undefined when no connection string is set. Throws on malformed values. */
-export function appConfigSettingsFromEnv(env: Record<string, string | undefined>): AppConfigSettings | undefined {
-  const connectionString = env[APPCONFIG_ENV.connectionString]?.trim();
-  if (!connectionString) return undefined;
-  const parts = new Map<string, string>();
-  for (const part of connectionString.split(";")) {
-    const eq = part.indexOf("=");
-    // The secret is base64 and may end in "=": split at the first one only.
-    if (eq > 0) parts.set(part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim());
-  }
-  const endpoint = parts.get("endpoint");
-  const missing = ["Endpoint", "Id", "Secret"].filter((name) => !parts.get(name.toLowerCase()));
-  if (missing.length || !endpoint) {
-    throw new Error(`${APPCONFIG_ENV.connectionString}: expected Endpoint=https://<store>.azconfig.io;Id=<id>;Secret=<secret> (missing ${missing.join(", ")})`);
-  }
-  if (!URL.canParse(endpoint)) throw new Error(`${APPCONFIG_ENV.connectionString}: Endpoint is not a URL`);
-  const pollText = env[APPCONFIG_ENV.pollMs]?.trim();
-  const pollMs = pollText ? Number(pollText) : 30_000;
-  if (!Number.isInteger(pollMs) || pollMs < 1) throw new Error(`${APPCONFIG_ENV.pollMs}: expected a positive whole number of milliseconds, got "${pollText}"`);
-  const label = env[APPCONFIG_ENV.label];
-  return {
-    connectionString,
-    endpoint,
-    key: env[APPCONFIG_ENV.key]?.trim() || "sluice:config",
-    sentinel: env[APPCONFIG_ENV.sentinel]?.trim() || "sluice:sentinel",
-    ...(label ? { label } : {}),
-    pollMs,
-  };
-}
+export { APPCONFIG_ENV, appConfigSettingsFromEnv, type AppConfigSettings } from "./app-configuration-settings.ts";
+import type { AppConfigSettings } from "./app-configuration-settings.ts";
 
 export interface AppConfigurationSourceOptions {
   /** Passed to the SDK client (tests: allowInsecureConnection for a local http server; retryOptions). */
@@ -79,7 +34,9 @@ function statusOf(err: unknown): number | undefined {
 /** Follows the config key through the sentinel key; one poll at a time. */
 export class AppConfigurationSource implements ConfigFollower {
   readonly origin: string;
-  private readonly client: AppConfigurationClient;
+  /** The SDK is loaded on first use: it costs ~23 MB, which deployments without App Configuration should not pay. */
+  private client: Promise<AppConfigurationClient> | undefined;
+  private readonly clientOptions: AppConfigurationClientOptions;
   private readonly abort = new AbortController();
   /** The sentinel's etag at the last read of the config key; null while the sentinel key does not exist. */
   private sentinelEtag: string | null | undefined;
@@ -94,12 +51,13 @@ export class AppConfigurationSource implements ConfigFollower {
     readonly settings: AppConfigSettings,
     options: AppConfigurationSourceOptions = {},
   ) {
-    this.client = new AppConfigurationClient(settings.connectionString, options.clientOptions ?? {});
+    this.clientOptions = options.clientOptions ?? {};
     this.origin = `App Configuration ${settings.endpoint} key "${settings.key}"${settings.label ? ` label "${settings.label}"` : ""}`;
   }
 
-  private get(key: string, etag?: string): Promise<GetConfigurationSettingResponse> {
-    return this.client.getConfigurationSetting(
+  private async get(key: string, etag?: string): Promise<GetConfigurationSettingResponse> {
+    this.client ??= import("@azure/app-configuration").then((sdk) => new sdk.AppConfigurationClient(this.settings.connectionString, this.clientOptions));
+    return (await this.client).getConfigurationSetting(
       { key, ...(this.settings.label ? { label: this.settings.label } : {}), ...(etag ? { etag } : {}) },
       { onlyIfChanged: etag !== undefined, abortSignal: this.abort.signal },
     );

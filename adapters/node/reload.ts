@@ -16,7 +16,8 @@ import { dirname, resolve } from "node:path";
 import { ConfigError, parseConfigText } from "../../src/config/load.ts";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import type { Gateway } from "../../src/gateway.ts";
-import { appConfigSettingsFromEnv, AppConfigurationSource, type AppConfigurationSourceOptions } from "./app-configuration.ts";
+import { appConfigSettingsFromEnv } from "./app-configuration-settings.ts";
+import { AppConfigurationSource, type AppConfigurationSourceOptions } from "./app-configuration.ts";
 import { configPathArg, readNodeConfigText } from "./config-source.ts";
 
 /** The version of a config document: the first 12 hex digits of its SHA-256. */
