@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdtempSync, renameSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,10 +12,10 @@ import { startSimulator, type RunningSimulator } from "../adapters/node/simulato
 const root = fileURLToPath(new URL("..", import.meta.url));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until<T>(what: string, probe: () => T | undefined | false, timeoutMs = 3000): Promise<T> {
+async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 3000): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    const v = probe();
+    const v = await probe();
     if (v) return v;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(10);
@@ -195,6 +196,20 @@ describe("hot reload of the config file (Node, real sockets)", () => {
     expect(running.holder.version).toBe(before);
     expect((await health()).config.loadedAt).toBe(loadedAt);
     expect(await follower!.check()).toEqual({ kind: "unchanged", version: before });
+  });
+
+  it("a key removed from the config loses access within a second of the change; the other keeps it", async () => {
+    const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
+    const keys = (...names: string[]) => ({ auth: { apiKeys: names.map((n) => ({ hash: sha(`key-${n}`), caller: n })) } });
+    replaceFile(configText(["a"], keys("alice", "bob")));
+    const ask = (key: string) =>
+      fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: { "api-key": key }, body: JSON.stringify({ model: "gpt-4o", messages: [] }) }).then((r) => r.status);
+    await until("both keys to be accepted", async () => (await ask("key-alice")) === 200 && (await ask("key-bob")) === 200, 3000);
+    replaceFile(configText(["a"], keys("alice")));
+    const changed = Date.now();
+    await until("bob's key to be refused", async () => (await ask("key-bob")) === 401, 3000);
+    expect(Date.now() - changed).toBeLessThan(1000);
+    expect(await ask("key-alice")).toBe(200);
   });
 });
 
