@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import type { SluiceConfig } from "./config/schema.ts";
 import { BadRequest, classify, type Classified } from "./classify.ts";
-import { errorResponse } from "./http/errors.ts";
+import { errorResponse, retryAfterHeaders } from "./http/errors.ts";
 import { GATEWAY_RESPONSE_HEADERS as H } from "./http/headers.ts";
 import { gatewayHeaders, proxyRequest, type ProxyContext } from "./proxy/handler.ts";
 import { webUpstream, type BodyBytes, type ClientSignal, type UpstreamFetch } from "./proxy/attempt.ts";
@@ -15,8 +15,8 @@ import { GatewayMetrics, PROMETHEUS_CONTENT_TYPE, priorityNamer } from "./metric
 import { budgetHeaders, InProcessRateLimiter, type LimitScope, type RateLimiter } from "./governance/limits.ts";
 import { Authenticator, modelAllowed, type Identity } from "./governance/identity.ts";
 import { createJwtVerifier } from "./governance/jwt.ts";
-import type { HeaderPairs } from "./http/headers.ts";
-import { retryAfterHeaders } from "./http/errors.ts";
+import { checkHeaderPolicy, governedPriority, upstreamIdentityHeaders } from "./governance/policy.ts";
+import { withStreamUsage } from "./metering/stream-usage.ts";
 
 export interface GatewayOptions {
   config: SluiceConfig;
@@ -62,56 +62,6 @@ export interface Gateway {
 }
 
 const NO_BODY = new Set(["GET", "HEAD"]);
-
-const encoder = new TextEncoder();
-
-/**
- * A streamed chat/completions request that does not ask for usage gets `include_usage` added
- * (a documented rewrite), so the stream can be metered exactly; the extra chunk is removed
- * before the client sees it. Returns the body to send, or undefined to send the client's bytes.
- */
-function withStreamUsage(cls: Classified): BodyBytes | undefined {
-  const json = cls.json;
-  if (!json || !cls.stream || (cls.api !== "chat" && cls.api !== "completions")) return undefined;
-  const options = json.stream_options && typeof json.stream_options === "object" ? (json.stream_options as Record<string, unknown>) : {};
-  if (options.include_usage === true) return undefined;
-  cls.json = { ...json, stream_options: { ...options, include_usage: true } };
-  return encoder.encode(JSON.stringify(cls.json));
-}
-
-/** The profile's default applies when the client named no priority; its maximum caps what the client asked for. */
-function governedPriority(cls: Classified, identity: Identity, config: SluiceConfig): number {
-  const profile = identity.profile;
-  if (!profile) return cls.priority;
-  const levels = config.priorities.levels;
-  let level = cls.priority;
-  if (!cls.priorityExplicit && profile.defaultPriority !== undefined) level = resolvePriority(profile.defaultPriority, levels)!;
-  // A lower number is more urgent: the cap is the larger of the two.
-  if (profile.maxPriority !== undefined) level = Math.max(level, resolvePriority(profile.maxPriority, levels)!);
-  return level;
-}
-
-/** Required headers present, validated ones holding an allowed value: else 400. */
-function checkHeaderPolicy(headers: Headers, config: SluiceConfig, identity: Identity): void {
-  for (const name of config.headerPolicy.require) {
-    if (headers.get(name) === null) throw new BadRequest(`the header ${name} is required`, "header_required");
-  }
-  for (const [name, allowed] of Object.entries(identity.profile?.validateHeaders ?? {})) {
-    const value = headers.get(name);
-    if (value === null || !allowed.includes(value)) throw new BadRequest(`the header ${name} is missing or not an allowed value for this caller`, "header_invalid");
-  }
-}
-
-/** Profile headers, and the verified identity when the config forwards it. */
-function upstreamIdentityHeaders(identity: Identity, config: SluiceConfig): HeaderPairs | undefined {
-  const pairs: HeaderPairs = Object.entries(identity.profile?.headers ?? {});
-  if (config.auth.forwardIdentity) {
-    pairs.push(["x-sluice-caller", identity.caller]);
-    if (identity.app) pairs.push(["x-sluice-app", identity.app]);
-    if (identity.groups.length) pairs.push(["x-sluice-groups", identity.groups.join(",")]);
-  }
-  return pairs.length ? pairs : undefined;
-}
 
 const readRequestBody = async (request: Request): Promise<BodyBytes> => new Uint8Array(await request.arrayBuffer());
 
