@@ -96,7 +96,8 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     hostname: host,
     port: overrides.port ?? config.server.port,
     createServer,
-    serverOptions: { noDelay: true, keepAlive: true, keepAliveTimeout: 65_000 },
+    // Headers up to 128 KiB reach the gateway, so an oversized token gets its 401 rather than a bare 431.
+    serverOptions: { noDelay: true, keepAlive: true, keepAliveTimeout: 65_000, maxHeaderSize: 128 * 1024 },
   }) as Server;
   server.on("connection", (socket: Socket) => socket.setNoDelay(true));
   await new Promise<void>((resolve, reject) => {
