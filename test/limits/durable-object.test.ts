@@ -6,6 +6,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
+import { DriverConnection, startDriver as startDoDriver } from "../harness/do-driver.ts";
 import { afterEach, describe, expect, it } from "vitest";
 import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
@@ -63,89 +64,37 @@ let driverBundle: Promise<string> | undefined;
 const bundleDriver = () =>
   (driverBundle ??= bundleForWorkers({ source: DRIVER_SOURCE, resolveDir: fileURLToPath(new URL("../../adapters/cloudflare/", import.meta.url)) }));
 
-/** The WebSocket miniflare hands back from an upgrade (its own class, not Node's). */
-interface DriverSocket {
-  accept(): void;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  addEventListener(type: "message", listener: (event: { data: unknown }) => void): void;
-}
-
 /** The RateLimiter port in the Node test process, every call going to the Durable Object through the driver. */
 class RemoteLimiter implements RateLimiter {
-  private n = 0;
-  private readonly answers = new Map<number, { resolve: (v: { result: unknown; rid?: number | null }) => void; reject: (e: Error) => void }>();
   /** The driver's number for each reservation it handed out. */
   private readonly rids = new WeakMap<Reservation, number>();
 
-  constructor(private readonly ws: DriverSocket) {
-    ws.addEventListener("message", (event) => {
-      const m = JSON.parse(String(event.data)) as { n: number; result?: unknown; rid?: number | null; error?: string };
-      const answer = this.answers.get(m.n);
-      this.answers.delete(m.n);
-      if (m.error !== undefined) answer?.reject(new Error(m.error));
-      else answer?.resolve({ result: m.result, rid: m.rid });
-    });
-  }
-
-  private ask(message: Record<string, unknown>): Promise<{ result: unknown; rid?: number | null }> {
-    const n = ++this.n;
-    const answer = new Promise<{ result: unknown; rid?: number | null }>((resolve, reject) => this.answers.set(n, { resolve, reject }));
-    this.ws.send(JSON.stringify({ n, ...message }));
-    return answer;
-  }
+  constructor(private readonly driver: DriverConnection) {}
 
   /** Calls a LimiterObject RPC method directly (no client in between). */
   async raw<T>(method: "reserve" | "settle" | "release", ...args: unknown[]): Promise<T> {
-    return (await this.ask({ op: "raw", method, args })).result as T;
+    return (await this.driver.ask({ op: "raw", method, args }).answer).result as T;
   }
 
   async reserve(scopes: readonly LimitScope[], tokens: number): Promise<Admission> {
-    const { result, rid } = await this.ask({ op: "reserve", scopes, tokens });
+    const { result, rid } = await this.driver.ask({ op: "reserve", scopes, tokens }).answer;
     const admission = result as Admission;
     if (admission.ok && typeof rid === "number") this.rids.set(admission.reservation, rid);
     return admission;
   }
 
   settle(reservation: Reservation, actual: number): void {
-    this.ws.send(JSON.stringify({ op: "settle", rid: this.rids.get(reservation), reservation, actual }));
+    this.driver.tell({ op: "settle", rid: this.rids.get(reservation), reservation, actual });
   }
 
   release(reservation: Reservation): void {
-    this.ws.send(JSON.stringify({ op: "release", rid: this.rids.get(reservation), reservation }));
+    this.driver.tell({ op: "release", rid: this.rids.get(reservation), reservation });
   }
 }
 
 async function startDriver(): Promise<LimiterUnderTest & { limiter: RemoteLimiter }> {
-  const [driver, gateway] = await Promise.all([bundleDriver(), bundleWorker()]);
-  const mf = new Miniflare({
-    workers: [
-      {
-        name: "driver",
-        modules: [{ type: "ESModule", path: "driver.js", contents: driver }],
-        compatibilityDate: COMPATIBILITY_DATE,
-        durableObjects: { LIMITER: { ...LIMITER_CLASS, scriptName: "gateway" } },
-      },
-      {
-        // The object is the one the gateway Worker's entry exports.
-        name: "gateway",
-        modules: [{ type: "ESModule", path: "worker.js", contents: gateway }],
-        compatibilityDate: COMPATIBILITY_DATE,
-        durableObjects: { LIMITER: LIMITER_CLASS },
-      },
-    ],
-  });
-  const res = await mf.dispatchFetch("http://driver.local/", { headers: { upgrade: "websocket" } });
-  const ws = res.webSocket as unknown as DriverSocket | null;
-  if (!ws) throw new Error(`the driver did not upgrade: ${res.status} ${await res.text()}`);
-  ws.accept();
-  return {
-    limiter: new RemoteLimiter(ws),
-    close: async () => {
-      ws.close(1000, "done");
-      await mf.dispose();
-    },
-  };
+  const { connection, close } = await startDoDriver({ driver: await bundleDriver(), binding: "LIMITER", objectClass: LIMITER_CLASS });
+  return { limiter: new RemoteLimiter(connection), close };
 }
 
 limiterConformance("durable object (miniflare)", startDriver);

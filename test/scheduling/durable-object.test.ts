@@ -4,6 +4,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
+import { DriverConnection, startDriver as startDoDriver } from "../harness/do-driver.ts";
 import { afterEach, describe, expect, it } from "vitest";
 import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
@@ -54,87 +55,34 @@ let driverBundle: Promise<string> | undefined;
 const bundleDriver = () =>
   (driverBundle ??= bundleForWorkers({ source: DRIVER_SOURCE, resolveDir: fileURLToPath(new URL("../../adapters/cloudflare/", import.meta.url)) }));
 
-/** The WebSocket miniflare hands back from an upgrade (its own class, not Node's). */
-interface DriverSocket {
-  accept(): void;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  addEventListener(type: "message", listener: (event: { data: unknown }) => void): void;
-}
-
 /** The Scheduler port in the Node test process, every call going to the Durable Object through the driver. */
 class RemoteScheduler implements Scheduler {
-  private n = 0;
-  private readonly answers = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-
-  constructor(private readonly ws: DriverSocket) {
-    ws.addEventListener("message", (event) => {
-      const m = JSON.parse(String(event.data)) as { n: number; result?: unknown; error?: string };
-      const answer = this.answers.get(m.n);
-      this.answers.delete(m.n);
-      if (m.error !== undefined) answer?.reject(new Error(m.error));
-      else answer?.resolve(m.result);
-    });
-  }
+  constructor(private readonly driver: DriverConnection) {}
 
   /** Calls a SchedulerObject RPC method directly (no client in between). */
-  raw<T>(method: "acquire" | "cancel" | "release" | "stats", ...args: unknown[]): Promise<T> {
-    return this.ask<T>({ op: "raw", method, args }).answer;
-  }
-
-  private ask<T>(message: Record<string, unknown>): { n: number; answer: Promise<T> } {
-    const n = ++this.n;
-    const answer = new Promise<T>((resolve, reject) => this.answers.set(n, { resolve: resolve as (v: unknown) => void, reject }));
-    this.ws.send(JSON.stringify({ n, ...message }));
-    return { n, answer };
+  async raw<T>(method: "acquire" | "cancel" | "release" | "stats", ...args: unknown[]): Promise<T> {
+    return (await this.driver.ask({ op: "raw", method, args }).answer).result as T;
   }
 
   acquire(request: SlotRequest, signal?: ClientSignal): Promise<SlotDecision> {
     if (signal?.aborted) return Promise.resolve({ kind: "cancelled" });
-    const { n, answer } = this.ask<SlotDecision>({ op: "acquire", request });
-    signal?.addEventListener("abort", () => this.ws.send(JSON.stringify({ op: "abort", target: n })), { once: true });
-    return answer;
+    const { n, answer } = this.driver.ask({ op: "acquire", request });
+    signal?.addEventListener("abort", () => this.driver.tell({ op: "abort", target: n }), { once: true });
+    return answer.then((a) => a.result as SlotDecision);
   }
 
   release(backend: string, outcome: SlotRelease): void {
-    this.ws.send(JSON.stringify({ op: "release", backend, outcome }));
+    this.driver.tell({ op: "release", backend, outcome });
   }
 
-  stats(): Promise<SchedulerStats> {
-    return this.ask<SchedulerStats>({ op: "stats" }).answer;
+  async stats(): Promise<SchedulerStats> {
+    return (await this.driver.ask({ op: "stats" }).answer).result as SchedulerStats;
   }
 }
 
 async function startDriver(input: SluiceConfigInput): Promise<{ scheduler: RemoteScheduler; close(): Promise<void> }> {
-  const [driver, gateway] = await Promise.all([bundleDriver(), bundleWorker()]);
-  const mf = new Miniflare({
-    workers: [
-      {
-        name: "driver",
-        modules: [{ type: "ESModule", path: "driver.js", contents: driver }],
-        compatibilityDate: COMPATIBILITY_DATE,
-        durableObjects: { SCHEDULER: { ...SCHEDULER_CLASS, scriptName: "gateway" } },
-      },
-      {
-        name: "gateway",
-        modules: [{ type: "ESModule", path: "worker.js", contents: gateway }],
-        compatibilityDate: COMPATIBILITY_DATE,
-        bindings: { SLUICE_CONFIG: JSON.stringify(input) },
-        durableObjects: { SCHEDULER: SCHEDULER_CLASS },
-      },
-    ],
-  });
-  const res = await mf.dispatchFetch("http://driver.local/", { headers: { upgrade: "websocket" } });
-  const ws = res.webSocket as unknown as DriverSocket | null;
-  if (!ws) throw new Error(`the driver did not upgrade: ${res.status} ${await res.text()}`);
-  ws.accept();
-  return {
-    scheduler: new RemoteScheduler(ws),
-    close: async () => {
-      ws.close(1000, "done");
-      await mf.dispose();
-    },
-  };
+  const { connection, close } = await startDoDriver({ driver: await bundleDriver(), binding: "SCHEDULER", objectClass: SCHEDULER_CLASS, bindings: { SLUICE_CONFIG: JSON.stringify(input) } });
+  return { scheduler: new RemoteScheduler(connection), close };
 }
 
 schedulerConformance("durable object (miniflare)", startDriver);
