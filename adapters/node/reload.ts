@@ -8,13 +8,20 @@
  * assignment. A version that fails is refused and logged, and the old one keeps serving.
  *
  * Sources: FileConfigSource (a watched file) and AppConfigurationSource (app-configuration.ts).
+ *
+ * A config that names a `profilesSource` (a JSON file, watched like the config file, or a URL,
+ * polled) is composed with that document before it is validated: the document's profiles are
+ * merged over the config's and its API keys appended to `auth.apiKeys`. The holder follows the
+ * source the config names; a change to either document is a new version (a hash of both texts).
  */
 import { createHash } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { ConfigError, parseConfigText } from "../../src/config/load.ts";
-import type { SluiceConfig } from "../../src/config/schema.ts";
+import { ConfigError, interpolateEnv, parseConfigText } from "../../src/config/load.ts";
+import { composeConfig } from "../../src/config/profiles-document.ts";
+import { configSchema, type SluiceConfig } from "../../src/config/schema.ts";
+export { composeConfig };
 import type { Gateway } from "../../src/gateway.ts";
 import { appConfigSettingsFromEnv } from "./app-configuration-settings.ts";
 import { AppConfigurationSource, type AppConfigurationSourceOptions } from "./app-configuration.ts";
@@ -23,6 +30,15 @@ import { configPathArg, readNodeConfigText } from "./config-source.ts";
 /** The version of a config document: the first 12 hex digits of its SHA-256. */
 export function configVersion(text: string): string {
   return createHash("sha256").update(text).digest("hex").slice(0, 12);
+}
+
+/**
+ * The version of a config composed with its profiles document: the first 12 hex digits of the
+ * SHA-256 of both texts (joined by a NUL), so that a change to either is a new version. The
+ * Worker computes the same for a config and the `profiles` key of its KV namespace.
+ */
+export function composedVersion(configText: string, profilesText: string): string {
+  return createHash("sha256").update(configText).update("\0").update(profilesText).digest("hex").slice(0, 12);
 }
 
 /** What /_gateway/health shows under `config`. */
@@ -44,6 +60,8 @@ export interface ConfigCandidate {
   version: string;
   /** Where it came from, for messages: a file path, or the App Configuration key. */
   origin: string;
+  /** What a relative `profilesSource.file` is relative to: the config file's directory (default: the working directory). */
+  baseDir?: string;
 }
 
 /** A parsed config and its version, as the server starts with it. */
@@ -89,6 +107,326 @@ function problemText(err: unknown): string {
   return err instanceof ConfigError ? err.problems.join("; ") : err instanceof Error ? err.message : String(err);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Profiles documents (profilesSource)
+// ---------------------------------------------------------------------------------------------
+
+/** A config's `profilesSource`, resolved: ${ENV} replaced, a relative path made absolute. */
+export type ProfilesSpec =
+  | { kind: "file"; path: string; key: string; origin: string }
+  | { kind: "url"; url: string; pollMs: number; key: string; origin: string };
+
+/** A profiles document as read, with the source it was read from. */
+export interface ProfilesRead {
+  spec: ProfilesSpec;
+  text: string;
+  /** The ETag the server sent with it (URL sources). */
+  etag?: string;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** A URL fit for logs and /_gateway/health: no credentials, no query (a SAS token lives there). */
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname}${u.search ? "?…" : ""}`;
+  } catch {
+    return "(invalid URL)";
+  }
+}
+
+/**
+ * The `profilesSource` a config document names, resolved; undefined when it names none, or
+ * when the document or the field is invalid (validation then reports the problem, naming it).
+ */
+export function profilesSpecOf(text: string, env: Record<string, string | undefined>, baseDir?: string): ProfilesSpec | undefined {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!isPlainObject(doc) || doc.profilesSource === undefined) return undefined;
+  const missing: string[] = [];
+  const raw = interpolateEnv(doc.profilesSource, env, "profilesSource", missing);
+  if (missing.length) return undefined;
+  const parsed = configSchema.shape.profilesSource.safeParse(raw);
+  if (!parsed.success || !parsed.data) return undefined;
+  const source = parsed.data;
+  if ("file" in source) {
+    const path = resolve(baseDir ?? process.cwd(), source.file);
+    return { kind: "file", path, key: `file:${path}`, origin: path };
+  }
+  return { kind: "url", url: source.url, pollMs: source.pollMs, key: `url:${source.pollMs}:${source.url}`, origin: redactUrl(source.url) };
+}
+
+
+const PROFILES_FETCH_TIMEOUT_MS = 10_000;
+
+/**
+ * GETs a profiles document: undefined when the server answers 304 to If-None-Match `etag`.
+ * Throws an Error naming the URL (redacted) when it cannot be read.
+ */
+export async function fetchProfilesUrl(url: string, etag?: string, signal?: AbortSignal): Promise<{ text: string; etag?: string } | undefined> {
+  const origin = redactUrl(url);
+  const timeout = AbortSignal.timeout(PROFILES_FETCH_TIMEOUT_MS);
+  let res: Response;
+  try {
+    res = await fetch(url, {
+      headers: { accept: "application/json", ...(etag ? { "if-none-match": etag } : {}) },
+      signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+    });
+  } catch (err) {
+    const cause = (err as { cause?: { message?: string } }).cause?.message;
+    throw new Error(`cannot read profiles from ${origin}: ${(err as Error).message}${cause ? ` (${cause})` : ""}`);
+  }
+  if (res.status === 304 && etag) {
+    await res.body?.cancel();
+    return undefined;
+  }
+  if (!res.ok) {
+    await res.body?.cancel();
+    throw new Error(`cannot read profiles from ${origin}: HTTP ${res.status}`);
+  }
+  let text: string;
+  try {
+    text = await res.text();
+  } catch (err) {
+    throw new Error(`cannot read profiles from ${origin}: ${(err as Error).message}`);
+  }
+  return { text, etag: res.headers.get("etag") ?? undefined };
+}
+
+/** Reads the profiles document a config names (at startup): undefined when it names none; throws an Error saying what could not be read. */
+export async function readProfilesFor(configText: string, configOrigin: string, env: Record<string, string | undefined>, baseDir?: string): Promise<ProfilesRead | undefined> {
+  const spec = profilesSpecOf(configText, env, baseDir);
+  if (!spec) return undefined;
+  if (spec.kind === "file") {
+    try {
+      return { spec, text: await readFile(spec.path, "utf8") };
+    } catch (err) {
+      throw new Error(`cannot read profiles file ${spec.path} (profilesSource of ${configOrigin}): ${(err as Error).message}`);
+    }
+  }
+  try {
+    const got = await fetchProfilesUrl(spec.url);
+    return { spec, text: got!.text, etag: got!.etag };
+  } catch (err) {
+    throw new Error(`${(err as Error).message} (profilesSource of ${configOrigin})`);
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function isMissing(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException).code === "ENOENT";
+}
+
+/**
+ * Reads a file an editor may be replacing: a missing or empty file gets one more look after
+ * `pauseMs` (delete and re-create, truncate and write). Throws when it cannot be read;
+ * undefined when `closed()` meanwhile.
+ */
+async function readSettledFile(path: string, pauseMs: number, closed: () => boolean): Promise<string | undefined> {
+  let text: string | undefined;
+  for (let attempt = 0; attempt < 2 && !closed(); attempt++) {
+    if (attempt) await sleep(pauseMs);
+    try {
+      text = await readFile(path, "utf8");
+      if (text.trim()) break;
+    } catch (err) {
+      text = undefined;
+      if (!isMissing(err) || attempt) throw err;
+    }
+  }
+  return closed() ? undefined : text;
+}
+
+/**
+ * Watches the directory of a file, not the file: editors and tools that write a new file and
+ * rename it over the old one (vim, `mv`, Kubernetes ConfigMap volumes, which swap a symlinked
+ * directory) replace the inode a file watch would be bound to. Events are debounced: `onChange`
+ * runs `debounceMs` after the last of a burst, and at most `maxWaitMs` after its first.
+ */
+class DirectoryWatch {
+  private watcher: FSWatcher | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private burstStarted: number | undefined;
+  private closed = false;
+
+  constructor(
+    readonly path: string,
+    private readonly debounceMs: number,
+    private readonly maxWaitMs: number,
+    private readonly onChange: () => void,
+    private readonly onError: (message: string) => void,
+  ) {}
+
+  start(): void {
+    const dir = dirname(resolve(this.path));
+    this.watcher = watch(dir, { persistent: false }, () => this.changed());
+    this.watcher.on("error", (err) => {
+      if (this.closed) return;
+      this.onError(`watching ${dir} for changes to ${this.path} failed (${err.message}); send SIGHUP to reload, or restart`);
+    });
+  }
+
+  private changed(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    this.burstStarted ??= now;
+    clearTimeout(this.timer);
+    const wait = Math.max(0, Math.min(this.debounceMs, this.burstStarted + this.maxWaitMs - now));
+    this.timer = setTimeout(() => {
+      this.burstStarted = undefined;
+      this.onChange();
+    }, wait);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.watcher?.close();
+  }
+}
+
+interface ProfilesEvents {
+  /** The document's text changed: compose it with the config. */
+  changed(): Promise<ReloadOutcome | undefined>;
+  /** A read failed (reported once until a read succeeds or the failure changes). */
+  failed(message: string): void;
+}
+
+/** Follows one profiles document: keeps the text last read, reports changes and failures. */
+abstract class ProfilesFollower {
+  /** The text last read; undefined until a read succeeded. */
+  text: string | undefined;
+  /** Why the last read failed; undefined when it succeeded. */
+  error: string | undefined;
+  /** The failure last reported, so that a lasting one is reported once. */
+  reported: string | undefined;
+  protected closed = false;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    readonly spec: ProfilesSpec,
+    protected readonly events: ProfilesEvents,
+  ) {}
+
+  /** Reads the document: its text, or undefined when there is nothing new (304, closed). Throws an Error saying what failed. */
+  protected abstract read(): Promise<string | undefined>;
+  abstract start(): void;
+
+  /** Reads now (never two reads at once); true when the text changed. */
+  refresh(): Promise<boolean> {
+    const run = this.queue.then(async () => {
+      if (this.closed) return false;
+      try {
+        const text = await this.read();
+        this.error = undefined;
+        if (text === undefined || text === this.text) return false;
+        this.text = text;
+        return true;
+      } catch (err) {
+        this.error = (err as Error).message;
+        return false;
+      }
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Reads, then reports: a change to the holder, a new failure to the log and health. */
+  async poll(): Promise<ReloadOutcome | undefined> {
+    const changed = await this.refresh();
+    if (this.closed) return undefined;
+    if (this.error !== undefined) {
+      if (this.error !== this.reported) {
+        this.reported = this.error;
+        this.events.failed(this.error);
+      }
+      return undefined;
+    }
+    this.reported = undefined;
+    return changed ? this.events.changed() : undefined;
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+}
+
+/** A profiles file, watched as the config file is (its directory, debounced). */
+class FileProfilesFollower extends ProfilesFollower {
+  private readonly watch: DirectoryWatch;
+  private readonly debounceMs: number;
+
+  constructor(spec: ProfilesSpec & { kind: "file" }, events: ProfilesEvents, options: FileConfigSourceOptions) {
+    super(spec, events);
+    this.debounceMs = options.debounceMs ?? 100;
+    this.watch = new DirectoryWatch(spec.path, this.debounceMs, options.maxWaitMs ?? 1000, () => void this.poll(), (message) => events.failed(message));
+  }
+
+  protected async read(): Promise<string | undefined> {
+    const path = (this.spec as { path: string }).path;
+    try {
+      return await readSettledFile(path, this.debounceMs * 2, () => this.closed);
+    } catch (err) {
+      throw new Error(`cannot read profiles file ${path}: ${(err as Error).message}`);
+    }
+  }
+
+  start(): void {
+    if (this.closed) return;
+    this.watch.start();
+    // A change between the first read and the watch would otherwise go unseen.
+    void this.poll();
+  }
+
+  override close(): void {
+    super.close();
+    this.watch.close();
+  }
+}
+
+/** A profiles URL, polled every pollMs; a conditional GET when the server gave an ETag. */
+class UrlProfilesFollower extends ProfilesFollower {
+  private etag: string | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly abort = new AbortController();
+
+  constructor(spec: ProfilesSpec & { kind: "url" }, events: ProfilesEvents, etag?: string) {
+    super(spec, events);
+    this.etag = etag;
+  }
+
+  protected async read(): Promise<string | undefined> {
+    const got = await fetchProfilesUrl((this.spec as { url: string }).url, this.text === undefined ? undefined : this.etag, this.abort.signal);
+    if (!got) return undefined;
+    this.etag = got.etag;
+    return got.text;
+  }
+
+  start(): void {
+    if (this.closed) return;
+    this.timer = setTimeout(() => void this.poll().finally(() => this.start()), (this.spec as { pollMs: number }).pollMs);
+    this.timer.unref();
+  }
+
+  override close(): void {
+    super.close();
+    clearTimeout(this.timer);
+    this.abort.abort();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The holder
+// ---------------------------------------------------------------------------------------------
+
 /** The gateway in use, swapped atomically when a new config version is accepted. */
 export class GatewayHolder {
   private active: Active;
@@ -100,6 +438,15 @@ export class GatewayHolder {
   private readonly info: (line: string) => void;
   private readonly warn: (line: string) => void;
   private readonly now: () => Date;
+  /** The config document last offered (in use, or refused), and the one in use, when known. */
+  private latestDoc: ConfigCandidate | undefined;
+  private servedDoc: ConfigCandidate | undefined;
+  /** The profiles documents those two name, by ProfilesSpec.key. */
+  private readonly followers = new Map<string, ProfilesFollower>();
+  private profilesClosed = false;
+  private profilesFileOptions: FileConfigSourceOptions = {};
+  /** Offers run one at a time, so versions apply in order. */
+  private queue: Promise<unknown> = Promise.resolve();
 
   /** The Node server's (or Functions handler's) fetch: each request goes to the gateway current at its arrival. */
   readonly fetch: Gateway["fetch"] = (request, env, executionCtx) => this.active.gateway.fetch(request, env, executionCtx);
@@ -155,31 +502,138 @@ export class GatewayHolder {
   }
 
   /**
-   * Validates a new version and, when it is valid, swaps it in. Synchronous from parse to
-   * swap, so no request can see a half-built version. A version equal to the one in use, or
-   * to the last one refused, changes nothing and logs nothing.
+   * Validates a new version and, when it is valid, swaps it in. Offers apply one at a time,
+   * in order; from parse to swap each is synchronous, so no request can see a half-built
+   * version. A config naming a profilesSource is composed with that document (read first
+   * when the source is new to the holder). A version equal to the one in use, or to the last
+   * one refused, changes nothing and logs nothing.
    */
-  apply(candidate: ConfigCandidate): ReloadOutcome {
-    if (candidate.version === this.active.version) {
+  apply(candidate: ConfigCandidate): Promise<ReloadOutcome> {
+    return this.serially(async () => {
+      this.latestDoc = candidate;
+      const outcome = await this.offer(candidate);
+      this.prune();
+      return outcome;
+    });
+  }
+
+  /**
+   * Follows the profiles document of the config in use (the sources call this when they start
+   * following): `doc` is that config's document, `profiles` the document read at startup.
+   */
+  trackProfiles(doc: ConfigCandidate, profiles: ProfilesRead | undefined, fileOptions: FileConfigSourceOptions = {}): void {
+    this.profilesFileOptions = fileOptions;
+    this.profilesClosed = false;
+    this.latestDoc ??= doc;
+    this.servedDoc ??= doc;
+    if (profiles) void this.serially(() => this.followerFor(profiles.spec, profiles));
+  }
+
+  /** Reads every followed profiles document now (SIGHUP; tests); a change is offered as a new version. */
+  async checkProfiles(): Promise<ReloadOutcome | undefined> {
+    let outcome: ReloadOutcome | undefined;
+    for (const f of [...this.followers.values()]) outcome = (await f.poll()) ?? outcome;
+    return outcome;
+  }
+
+  /** Stops following profiles documents. */
+  closeProfiles(): void {
+    this.profilesClosed = true;
+    for (const f of this.followers.values()) f.close();
+    this.followers.clear();
+  }
+
+  /** A reload that could not even be attempted (the file unreadable, App Configuration unreachable): logged and recorded. */
+  reloadFailed(message: string): void {
+    this.recordError(message);
+    this.warn(`sluice: config reload failed: ${message} (version ${this.active.version} keeps serving)`);
+  }
+
+  private serially<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(task);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A config document, composed with the profiles document it names, offered as a version. */
+  private async offer(doc: ConfigCandidate): Promise<ReloadOutcome> {
+    const spec = profilesSpecOf(doc.text, this.env, doc.baseDir);
+    if (!spec) return this.install(doc.version, doc.origin, doc, () => parseConfigText(doc.text, this.env, doc.origin));
+    const follower = await this.followerFor(spec);
+    const profilesText = follower.text;
+    if (profilesText === undefined) return this.refuse(doc.version, doc.origin, follower.error ?? `cannot read profiles from ${spec.origin}`);
+    return this.install(composedVersion(doc.text, profilesText), `${doc.origin} + ${spec.origin}`, doc, () =>
+      composeConfig({ text: doc.text, origin: doc.origin }, { text: profilesText, origin: spec.origin }, this.env),
+    );
+  }
+
+  /**
+   * A profiles document changed: composed with the latest config document; when that is
+   * refused, with the one in use too, so that (say) a key revoked in the profiles document is
+   * not held back by a broken config file.
+   */
+  private profilesChanged(): Promise<ReloadOutcome | undefined> {
+    return this.serially(async () => {
+      const latest = this.latestDoc;
+      if (!latest) return undefined;
+      let outcome = await this.offer(latest);
+      const served = this.servedDoc;
+      if (outcome.kind === "refused" && served && served.text !== latest.text) outcome = await this.offer(served);
+      this.prune();
+      return outcome;
+    });
+  }
+
+  private async followerFor(spec: ProfilesSpec, read?: ProfilesRead): Promise<ProfilesFollower> {
+    const known = this.followers.get(spec.key);
+    if (known) return known;
+    const events: ProfilesEvents = { changed: () => this.profilesChanged(), failed: (message) => this.reloadFailed(message) };
+    const follower =
+      spec.kind === "file" ? new FileProfilesFollower(spec, events, this.profilesFileOptions) : new UrlProfilesFollower(spec, events, read?.etag);
+    this.followers.set(spec.key, follower);
+    if (read) follower.text = read.text;
+    else {
+      await follower.refresh();
+      // A failure of this first read is reported by the refusal it causes.
+      follower.reported = follower.error;
+    }
+    if (this.profilesClosed) follower.close();
+    else follower.start();
+    return follower;
+  }
+
+  /** Stops following the profiles documents neither the latest nor the served config names. */
+  private prune(): void {
+    const keep = new Set<string>();
+    for (const doc of [this.latestDoc, this.servedDoc]) {
+      const spec = doc && profilesSpecOf(doc.text, this.env, doc.baseDir);
+      if (spec) keep.add(spec.key);
+    }
+    for (const [key, f] of this.followers) {
+      if (keep.has(key)) continue;
+      f.close();
+      this.followers.delete(key);
+    }
+  }
+
+  private install(version: string, origin: string, doc: ConfigCandidate, parse: () => SluiceConfig): ReloadOutcome {
+    if (version === this.active.version) {
       // Back to the version in use: a later return of the refused one is reported again.
       this.lastRefused = undefined;
-      return { kind: "unchanged", version: candidate.version };
+      this.servedDoc = doc;
+      return { kind: "unchanged", version };
     }
     // The refused version seen again (another event for the same write): reported once.
-    if (candidate.version === this.lastRefused?.version) return { kind: "refused", version: candidate.version, error: this.lastRefused.error };
+    if (version === this.lastRefused?.version) return { kind: "refused", version, error: this.lastRefused.error };
     let next: Active;
     try {
-      const config = parseConfigText(candidate.text, this.env, candidate.origin);
-      next = this.activate(config, candidate.version, candidate.origin);
+      next = this.activate(parse(), version, origin);
     } catch (err) {
-      const error = problemText(err);
-      this.lastRefused = { version: candidate.version, error };
-      this.recordError(error);
-      this.warn(`sluice: config reload refused: ${error} (version ${candidate.version} from ${candidate.origin}; version ${this.active.version} keeps serving)`);
-      return { kind: "refused", version: candidate.version, error };
+      return this.refuse(version, origin, problemText(err));
     }
     const previous = this.active;
     this.active = next;
+    this.servedDoc = doc;
     this.lastRefused = undefined;
     this.info(`sluice: config reloaded: version ${next.version} from ${next.origin} replaces ${previous.version}${backendChanges(previous.gateway.config, next.gateway.config)}`);
     for (const s of RESTART_SETTINGS) {
@@ -190,10 +644,12 @@ export class GatewayHolder {
     return { kind: "swapped", version: next.version };
   }
 
-  /** A reload that could not even be attempted (the file unreadable, App Configuration unreachable): logged and recorded. */
-  reloadFailed(message: string): void {
-    this.recordError(message);
-    this.warn(`sluice: config reload failed: ${message} (version ${this.active.version} keeps serving)`);
+  private refuse(version: string, origin: string, error: string): ReloadOutcome {
+    if (version === this.lastRefused?.version && error === this.lastRefused.error) return { kind: "refused", version, error };
+    this.lastRefused = { version, error };
+    this.recordError(error);
+    this.warn(`sluice: config reload refused: ${error} (version ${version} from ${origin}; version ${this.active.version} keeps serving)`);
+    return { kind: "refused", version, error };
   }
 
   private recordError(message: string): void {
@@ -223,6 +679,10 @@ function backendChanges(before: SluiceConfig, after: SluiceConfig): string {
   return ` (${parts.join("; ")})`;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Config sources
+// ---------------------------------------------------------------------------------------------
+
 /** A running source of new config versions. */
 export interface ConfigFollower {
   /** Looks for a new version now (SIGHUP; tests). */
@@ -237,25 +697,16 @@ export interface FileConfigSourceOptions {
   maxWaitMs?: number;
 }
 
-function isMissing(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException).code === "ENOENT";
-}
-
 /**
- * Follows a config file. Watches the file's directory, not the file: editors and tools that
- * write a new file and rename it over the old one (vim, `mv`, Kubernetes ConfigMap volumes,
- * which swap a symlinked directory) replace the inode a file watch would be bound to. Every
- * event in the directory (debounced) re-reads the file; an unchanged text is the same version
- * and changes nothing.
+ * Follows a config file. Watches the file's directory, not the file (see DirectoryWatch).
+ * Every event in the directory (debounced) re-reads the file; an unchanged text is the same
+ * version and changes nothing.
  */
 export class FileConfigSource implements ConfigFollower {
-  private watcher: FSWatcher | undefined;
-  private timer: ReturnType<typeof setTimeout> | undefined;
-  private burstStarted: number | undefined;
+  private readonly watch: DirectoryWatch;
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
   private readonly debounceMs: number;
-  private readonly maxWaitMs: number;
 
   constructor(
     readonly path: string,
@@ -263,31 +714,14 @@ export class FileConfigSource implements ConfigFollower {
     options: FileConfigSourceOptions = {},
   ) {
     this.debounceMs = options.debounceMs ?? 100;
-    this.maxWaitMs = options.maxWaitMs ?? 1000;
+    this.watch = new DirectoryWatch(path, this.debounceMs, options.maxWaitMs ?? 1000, () => void this.check(), (message) => holder.reloadFailed(message));
   }
 
   start(): this {
-    const dir = dirname(resolve(this.path));
-    this.watcher = watch(dir, { persistent: false }, () => this.changed());
-    this.watcher.on("error", (err) => {
-      if (this.closed) return;
-      this.holder.reloadFailed(`watching ${dir} for changes to ${this.path} failed (${err.message}); send SIGHUP to reload, or restart`);
-    });
+    this.watch.start();
     // A change between the first read and the watch would otherwise go unseen.
     void this.check();
     return this;
-  }
-
-  private changed(): void {
-    if (this.closed) return;
-    const now = Date.now();
-    this.burstStarted ??= now;
-    clearTimeout(this.timer);
-    const wait = Math.max(0, Math.min(this.debounceMs, this.burstStarted + this.maxWaitMs - now));
-    this.timer = setTimeout(() => {
-      this.burstStarted = undefined;
-      void this.check();
-    }, wait);
   }
 
   /** Reads the file and offers it to the holder; reads never overlap, so versions apply in order. */
@@ -299,69 +733,96 @@ export class FileConfigSource implements ConfigFollower {
 
   private async readAndApply(): Promise<ReloadOutcome | undefined> {
     let text: string | undefined;
-    // An editor may delete and re-create, or truncate and write: a missing or empty file gets one more look.
-    for (let attempt = 0; attempt < 2 && !this.closed; attempt++) {
-      if (attempt) await new Promise((r) => setTimeout(r, this.debounceMs * 2));
-      try {
-        text = await readFile(this.path, "utf8");
-        if (text.trim()) break;
-      } catch (err) {
-        text = undefined;
-        if (!isMissing(err) || attempt) {
-          if (!this.closed) this.holder.reloadFailed(`cannot read config file ${this.path}: ${(err as Error).message}`);
-          return undefined;
-        }
-      }
+    try {
+      text = await readSettledFile(this.path, this.debounceMs * 2, () => this.closed);
+    } catch (err) {
+      if (!this.closed) this.holder.reloadFailed(`cannot read config file ${this.path}: ${(err as Error).message}`);
+      return undefined;
     }
     if (this.closed || text === undefined) return undefined;
-    return this.holder.apply({ text, version: configVersion(text), origin: this.path });
+    return this.holder.apply({ text, version: configVersion(text), origin: this.path, baseDir: dirname(resolve(this.path)) });
   }
 
   close(): void {
     this.closed = true;
-    clearTimeout(this.timer);
-    this.watcher?.close();
+    this.watch.close();
   }
 }
 
 /** Where the Node process gets its config, and how it follows changes. */
 export interface NodeConfigSource {
   initial: LoadedConfig;
-  /** Starts following new versions into the holder; undefined for inline JSON, which cannot change. */
+  /** Starts following new versions into the holder; undefined for inline JSON naming no profilesSource, which cannot change. */
   follow(holder: GatewayHolder): ConfigFollower | undefined;
 }
 
 export interface OpenConfigSourceOptions {
+  /** How the config file and a profiles file are watched. */
   file?: FileConfigSourceOptions;
   appConfiguration?: AppConfigurationSourceOptions;
+}
+
+/** A config source's follower, plus the profiles documents the holder follows: SIGHUP reads both, close stops both. */
+function withProfiles(inner: ConfigFollower | undefined, holder: GatewayHolder): ConfigFollower {
+  return {
+    async check() {
+      const outcome = await inner?.check();
+      return (await holder.checkProfiles()) ?? outcome;
+    },
+    close() {
+      inner?.close();
+      holder.closeProfiles();
+    },
+  };
+}
+
+/** The startup config: a document, composed with the profiles document it names (read now). */
+async function loadInitial(doc: ConfigCandidate, env: NodeJS.ProcessEnv): Promise<{ initial: LoadedConfig; profiles: ProfilesRead | undefined }> {
+  const profiles = await readProfilesFor(doc.text, doc.origin, env, doc.baseDir);
+  if (!profiles) return { initial: { config: parseConfigText(doc.text, env, doc.origin), version: doc.version, origin: doc.origin }, profiles };
+  const config = composeConfig({ text: doc.text, origin: doc.origin }, { text: profiles.text, origin: profiles.spec.origin }, env);
+  return { initial: { config, version: composedVersion(doc.text, profiles.text), origin: `${doc.origin} + ${profiles.spec.origin}` }, profiles };
 }
 
 /**
  * `--config PATH` (a watched file), else Azure App Configuration when
  * SLUICE_APPCONFIG_CONNECTION_STRING is set, else SLUICE_CONFIG (a watched file, or inline JSON).
- * Undefined when none is given. Throws ConfigError for an invalid config, Error when it cannot
- * be read.
+ * Undefined when none is given. A `profilesSource` the config names is read too. Throws
+ * ConfigError for an invalid config, Error when the config or its profiles cannot be read.
  */
 export async function openNodeConfigSource(argv: string[], env: NodeJS.ProcessEnv, options: OpenConfigSourceOptions = {}): Promise<NodeConfigSource | undefined> {
   const appSettings = configPathArg(argv) === undefined ? appConfigSettingsFromEnv(env) : undefined;
   if (appSettings) {
     const source = new AppConfigurationSource(appSettings, options.appConfiguration);
     let first: ConfigCandidate;
+    let loaded: Awaited<ReturnType<typeof loadInitial>>;
     try {
       first = await source.load();
+      loaded = await loadInitial(first, env);
     } catch (err) {
       source.close();
       throw err;
     }
-    const config = parseConfigText(first.text, env, first.origin);
-    return { initial: { config, version: first.version, origin: first.origin }, follow: (holder) => source.follow(holder) };
+    return {
+      initial: loaded.initial,
+      follow: (holder) => {
+        holder.trackProfiles(first, loaded.profiles, options.file);
+        return withProfiles(source.follow(holder), holder);
+      },
+    };
   }
   const given = readNodeConfigText(argv, env);
   if (!given) return undefined;
-  const config = parseConfigText(given.text, env, given.origin);
   const path = given.path;
+  const doc: ConfigCandidate = { text: given.text, version: configVersion(given.text), origin: given.origin, ...(path === undefined ? {} : { baseDir: dirname(resolve(path)) }) };
+  const { initial, profiles } = await loadInitial(doc, env);
   return {
-    initial: { config, version: configVersion(given.text), origin: given.origin },
-    follow: (holder) => (path === undefined ? undefined : new FileConfigSource(path, holder, options.file).start()),
+    initial,
+    follow: (holder) => {
+      // Inline JSON cannot change; the profiles document it names can.
+      if (path === undefined && !profiles) return undefined;
+      holder.trackProfiles(doc, profiles, options.file);
+      return withProfiles(path === undefined ? undefined : new FileConfigSource(path, holder, options.file).start(), holder);
+    },
   };
 }

@@ -304,6 +304,32 @@ export const configSchema = z
     limits: limits.prefault({}),
     auth: auth.prefault({}),
     profiles: z.record(z.string(), profile).default({}).describe("Caller profiles by name."),
+    profilesSource: z
+      .union(
+        [
+          z
+            .object({
+              file: z
+                .string()
+                .min(1)
+                .describe("A JSON file (relative paths: to the config file's directory), watched and reloaded on change (Node)."),
+            })
+            .strict(),
+          z
+            .object({
+              url: z
+                .url({ protocol: /^https?$/, error: "use an http:// or https:// URL" })
+                .describe("An http(s) URL answering the JSON document, polled (a conditional GET when the server sends an ETag)."),
+              pollMs: z.number().int().min(100).default(30_000).describe("How often the URL is polled."),
+            })
+            .strict(),
+        ],
+        { error: 'use { "file": "<path>" } or { "url": "<http(s) URL>", "pollMs": <ms> }' },
+      )
+      .optional()
+      .describe(
+        "More caller profiles and API keys: a JSON document { \"profiles\": {...}, \"apiKeys\": [...] } (both optional) whose profiles are merged over `profiles` and whose apiKeys are appended to `auth.apiKeys` before the config is validated; a change to it is a new config version (Node). On Workers, the `profiles` key of the SLUICE_CONFIG_KV binding takes its place.",
+      ),
     headerPolicy: headerPolicy.prefault({}),
     backends: z.array(backend).min(1),
   })
