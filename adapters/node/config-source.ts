@@ -1,6 +1,4 @@
 import { readFileSync } from "node:fs";
-import { parseConfigText } from "../../src/config/load.ts";
-import type { SluiceConfig } from "../../src/config/schema.ts";
 
 export const CONFIG_ENV = "SLUICE_CONFIG";
 
@@ -37,14 +35,3 @@ export function readNodeConfigText(argv: string[], env: NodeJS.ProcessEnv): Conf
   return { text, origin: source, path: source };
 }
 
-/**
- * `--config PATH`, else SLUICE_CONFIG (a path, or inline JSON when it starts with "{"); undefined when neither is set.
- * A config naming a `profilesSource` is refused here: that document is read (and followed) by
- * openNodeConfigSource in reload.ts, and a config without the callers it holds would be wrong.
- */
-export function loadNodeConfig(argv: string[], env: NodeJS.ProcessEnv): SluiceConfig | undefined {
-  const source = readNodeConfigText(argv, env);
-  const config = source && parseConfigText(source.text, env, source.origin);
-  if (config?.profilesSource) throw new Error(`${source!.origin} names a profilesSource: load it with openNodeConfigSource, which reads that document too`);
-  return config;
-}

@@ -6,7 +6,6 @@
  */
 import type { UsageEvent, UsageSink } from "../metering/events.ts";
 import type { BreakerState } from "../resilience/breaker.ts";
-import type { Backend } from "../routing/backend.ts";
 import type { SchedulerStats } from "../scheduling/port.ts";
 import { type Counter, type Histogram, PROMETHEUS_CONTENT_TYPE, Registry } from "./registry.ts";
 
@@ -44,17 +43,6 @@ export interface GatewayMetricsOptions {
   maxSeries?: number;
   /** The `priority` label of a level; default: the level number. See `priorityNamer`. */
   priorityLabel?: (level: number) => string;
-}
-
-/** The live state of the pool's backends, for `GatewayMetrics.render`. */
-export function backendMetricsState(backends: readonly Backend[], now: number): BackendMetricsState[] {
-  return backends.map((b) => ({
-    name: b.name,
-    inFlight: b.inFlight,
-    breaker: b.breaker.state(now),
-    coolingDown: b.cooldownUntil > now,
-    ttfbMs: b.ttfbMs ?? null,
-  }));
 }
 
 /** Labels priority levels by their configured name (`priorities.levels`), else the number. */

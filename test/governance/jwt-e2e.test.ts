@@ -16,7 +16,6 @@ describe("JWT bearer tokens through the gateway [node]", () => {
   let jwks: Server;
   let key: { privateKey: CryptoKey; jwk: JWK };
   let otherKey: CryptoKey;
-  const events: Record<string, unknown>[] = [];
 
   beforeAll(async () => {
     const pair = await generateKeyPair("RS256", { extractable: true });
