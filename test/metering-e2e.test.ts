@@ -18,32 +18,10 @@ import { afterEach, describe, expect, it } from "vitest";
 import { startSimulator, type RunningSimulator } from "../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../src/config/schema.ts";
 import { startNodeGateway } from "./harness/node.ts";
+import type { UsageEvent } from "../src/metering/events.ts";
 
 type Json = Record<string, any>;
 type BackendInput = SluiceConfigInput["backends"][number];
-
-/** The usage event as CONTRACT §5 describes it (read from the file sink). */
-interface UsageEvent {
-  time: string;
-  requestId: string;
-  caller: string;
-  app: string | null;
-  priority: number;
-  model: string | null;
-  backend: string | null;
-  status: number;
-  attempts: number;
-  queueMs: number;
-  ttfbMs: number | null;
-  totalMs: number;
-  promptTokens: number | null;
-  completionTokens: number | null;
-  totalTokens: number | null;
-  usageSource: "provider" | "estimated" | null;
-  stream: boolean;
-  async: boolean;
-  truncated: boolean;
-}
 
 interface Tokens {
   prompt: number;

@@ -10,20 +10,12 @@ import { afterAll, beforeAll, describe, expect, it, vi, type MockInstance } from
 import { composedVersion, configVersion, openNodeConfigSource, type ConfigFollower } from "../adapters/node/reload.ts";
 import { startGatewayServer, type RunningGateway } from "../adapters/node/server.ts";
 import { startSimulator, type RunningSimulator } from "../adapters/node/simulator-server.ts";
+import { until } from "./harness/until.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
 
-async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 3000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 interface Health {
   config: { version: string; loadedAt: string; lastReloadError: string | null; lastReloadErrorAt: string | null };

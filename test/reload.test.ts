@@ -8,19 +8,11 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { configVersion, openNodeConfigSource, type ConfigFollower } from "../adapters/node/reload.ts";
 import { startGatewayServer, type RunningGateway } from "../adapters/node/server.ts";
 import { startSimulator, type RunningSimulator } from "../adapters/node/simulator-server.ts";
+import { until } from "./harness/until.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 3000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 interface Sample {
   start: number;

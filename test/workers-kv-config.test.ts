@@ -4,21 +4,16 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { composedVersion, configVersion } from "../adapters/node/reload.ts";
 import { startSimulator, type RunningSimulator } from "../adapters/node/simulator-server.ts";
 import { bundleWorker, COMPATIBILITY_DATE, LIMITER_CLASS, SCHEDULER_CLASS } from "./harness/workers.ts";
+import { until as untilWithin } from "./harness/until.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
 /** What each isolate keeps of a KV read, in the tests (the default is 10 s). */
 const TTL_MS = 200;
 
-async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+/** Isolates re-read KV on their own clock: allow a little longer than for Node. */
+const until = <T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>) => untilWithin(what, probe, 5000, 20);
+
 
 interface Health {
   config?: { version: string; loadedAt: string; lastReloadError: string | null; lastReloadErrorAt: string | null };
