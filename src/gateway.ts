@@ -142,7 +142,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     cls.priority = governedPriority(cls, identity, config);
     const record = new RequestRecord(sink, started, requestId, identity.caller, cls.priority, cls.model ?? null, cls.stream);
     record.app = identity.app;
-    record.operation = cls.operation?.split("?")[0] ?? null;
+    record.operation = cls.operation ?? null;
     /** Answered by the gateway itself, before any backend: the usage event goes out now. */
     const refuse = (status: number, code: string, message: string) => {
       record.complete(status, now());

@@ -92,12 +92,9 @@ export class Authenticator {
   /** Binds the profile (key's own, else by app, else by group, else the default) and refuses suspended callers. */
   private admit(who: { caller: string; app: string | null; groups: string[] }, keyProfile?: string): Identification {
     const auth = this.config.auth;
+    const group = who.groups.find((g) => auth.groupProfiles[g] !== undefined);
     const profileName =
-      keyProfile ??
-      (who.app !== null ? auth.appProfiles[who.app] : undefined) ??
-      who.groups.map((g) => auth.groupProfiles[g]).find((p) => p !== undefined) ??
-      auth.defaultProfile ??
-      null;
+      keyProfile ?? (who.app !== null ? auth.appProfiles[who.app] : undefined) ?? (group !== undefined ? auth.groupProfiles[group] : undefined) ?? auth.defaultProfile ?? null;
     const profile = profileName !== null ? this.config.profiles[profileName] : undefined;
     if (profile?.suspended) return deny(403, "caller_suspended", "this caller is suspended");
     return { ok: true, identity: { ...who, profileName, profile } };
