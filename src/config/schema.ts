@@ -202,7 +202,7 @@ const limits = z
     callers: z
       .record(z.string(), limitSpec)
       .default({})
-      .describe("Budgets by caller id (as in usage events: `key:` and a fingerprint of the credential the client sent)."),
+      .describe("Budgets by caller id, as in usage events: the verified caller (API key `caller`, JWT caller claim), or on an open gateway `key:` and a fingerprint of the credential sent."),
   })
   .strict();
 
