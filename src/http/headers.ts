@@ -1,3 +1,6 @@
+import type { HeaderPairs, HeaderSource } from "../types.ts";
+
+export type { HeaderPairs, HeaderSource };
 /** Connection-scoped headers (RFC 9110 §7.6.1) plus ones the runtime must compute itself. */
 const HOP_BY_HOP = new Set([
   "connection",
@@ -27,14 +30,6 @@ export const GATEWAY_RESPONSE_HEADERS = {
 
 const GATEWAY_OWNED = new Set<string>(Object.values(GATEWAY_RESPONSE_HEADERS));
 
-/** What the core reads of a header set: a Web Headers, or an adapter's lighter view. */
-export interface HeaderSource {
-  get(name: string): string | null;
-  forEach(callback: (value: string, name: string) => void): void;
-}
-
-/** Header pairs, a HeadersInit every runtime accepts, cheaper to build than a Headers. */
-export type HeaderPairs = [string, string][];
 
 function connectionListed(headers: HeaderSource): Set<string> | undefined {
   const c = headers.get("connection");

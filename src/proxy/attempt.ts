@@ -1,15 +1,6 @@
-import type { HeaderPairs, HeaderSource } from "../http/headers.ts";
+import type { BodyBytes, ClientSignal, HeaderPairs, HeaderSource } from "../types.ts";
 
-/** A request body as the gateway holds it: the client's bytes (or a documented rewrite). */
-export type BodyBytes = Uint8Array<ArrayBuffer>;
-
-/** What the core needs of "the client went away": an AbortSignal, or an adapter's lighter one. */
-export interface ClientSignal {
-  readonly aborted: boolean;
-  readonly reason?: unknown;
-  addEventListener(type: "abort", listener: () => void, options?: { once?: boolean }): void;
-  removeEventListener(type: "abort", listener: () => void): void;
-}
+export type { BodyBytes, ClientSignal };
 
 export interface UpstreamRequest {
   method: string;
