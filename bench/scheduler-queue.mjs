@@ -12,7 +12,7 @@ import { loadavg } from "node:os";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { parseConfig } from "../src/config/load.ts";
-import { inProcessScheduler } from "../src/gateway.ts";
+import { inProcessScheduler } from "../src/runtime.ts";
 import { BackendPool } from "../src/routing/pool.ts";
 
 if (typeof globalThis.gc !== "function") setFlagsFromString("--expose-gc");

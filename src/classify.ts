@@ -1,29 +1,34 @@
-import type { SluiceConfig } from "./config/schema.ts";
-import type { BodyBytes } from "./proxy/attempt.ts";
+import type { ProfileConfig, SluiceConfig } from "./config/schema.ts";
+import type { ApiKind, BodyBytes } from "./types.ts";
 import { resolvePriority } from "./priority.ts";
 
-export type ApiKind = "chat" | "completions" | "embeddings" | "responses" | "messages" | "other";
+export type { ApiKind };
 
-/** What the gateway needs to know about a request before choosing a backend. */
+/**
+ * What the gateway needs to know about a request before choosing a backend: the classify
+ * step's result, computed once and never changed afterwards (a rewrite makes a new body, not a
+ * new classification).
+ */
 export interface Classified {
-  api: ApiKind;
+  readonly api: ApiKind;
   /** Azure deployment from the URL, else the body's `model`. */
-  model: string | undefined;
+  readonly model: string | undefined;
   /** The model came from an Azure `/openai/deployments/{d}/…` URL. */
-  azurePath: boolean;
+  readonly azurePath: boolean;
   /** The part of the path after `/openai/deployments/{d}/`, `/openai/v1/` or `/v1/` (no leading slash); undefined for other paths. */
-  operation: string | undefined;
-  priority: number;
-  /** The client named its priority (else it is the configured default). */
-  priorityExplicit: boolean;
+  readonly operation: string | undefined;
+  /** The level the request is served at: what it asked for (or the default), within what its caller's profile allows. */
+  readonly priority: number;
+  /** The client named its priority (else it is the configured or profile default). */
+  readonly priorityExplicit: boolean;
   /** Parsed JSON body, when the body is a JSON object. */
-  json: Record<string, unknown> | undefined;
+  readonly json: Readonly<Record<string, unknown>> | undefined;
   /** Estimated tokens (prompt + completion budget): the request's weight in fair share and its reservation against limits. */
-  cost: number;
+  readonly cost: number;
   /** The completion part of `cost`: max_tokens (or the default budget) × n. */
-  completionBudget: number;
+  readonly completionBudget: number;
   /** The client asked for a streamed answer. */
-  stream: boolean;
+  readonly stream: boolean;
 }
 
 export class BadRequest extends Error {
@@ -35,6 +40,21 @@ export class BadRequest extends Error {
 const AZURE_DEPLOYMENT = /^\/openai\/deployments\/([^/]+)\/(.+)$/;
 const OPENAI_V1 = /^\/(?:openai\/)?v1\/(.+)$/;
 const AZURE_RESPONSES = /^\/openai\/(responses.*)$/;
+
+/** The gateway's own model listings (CONTRACT §6): answered after authentication, never proxied. */
+const MODEL_LISTING = /^\/(?:openai\/v1|openai|v1)\/models(?:\/[^/]+)?\/?$/;
+
+/** Whether a request is one of the model listings (or one model's entry) the gateway answers itself. */
+export function isModelListing(method: string, pathname: string): boolean {
+  return (method === "GET" || method === "HEAD") && MODEL_LISTING.test(pathname);
+}
+
+/** The API family of a path, before the body is read: it shapes the errors of early refusals. */
+export function apiOfPath(pathname: string): ApiKind {
+  if (MODEL_LISTING.test(pathname)) return "models";
+  const azure = AZURE_DEPLOYMENT.exec(pathname);
+  return apiKind(azure ? azure[2] : (OPENAI_V1.exec(pathname) ?? AZURE_RESPONSES.exec(pathname))?.[1]);
+}
 
 function apiKind(operation: string | undefined): ApiKind {
   if (operation === undefined) return "other";
@@ -93,13 +113,39 @@ export function estimateTokens(body: BodyBytes | null, json: Record<string, unkn
   return { prompt, completion: (typeof budget === "number" && budget >= 0 ? budget : DEFAULT_COMPLETION_BUDGET) * n };
 }
 
-export function classify(pathname: string, url: URL, headers: Headers, body: BodyBytes | null, config: SluiceConfig): Classified {
+/** Longest model or deployment name accepted; a longer one is not a model any backend serves. */
+const MODEL_MAX_LENGTH = 256;
+/** A lone UTF-16 surrogate or a control character: no backend can be sent such a name (percent-encoding a lone surrogate throws). */
+const UNSENDABLE = /[\u0000-\u001f\u007f]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function checkModel(model: string | undefined): void {
+  if (model === undefined) return;
+  if (model.length === 0 || model.length > MODEL_MAX_LENGTH) throw new BadRequest(`the model name must be 1 to ${MODEL_MAX_LENGTH} characters long`, "invalid_model");
+  if (UNSENDABLE.test(model)) throw new BadRequest("the model name holds a control character or invalid Unicode (a lone surrogate)", "invalid_model");
+}
+
+/** The profile's default applies when the client named no priority; its maximum caps what the client asked for. */
+function governedPriority(named: number | undefined, profile: ProfileConfig | undefined, config: SluiceConfig): number {
+  const levels = config.priorities.levels;
+  let level = named ?? resolvePriority(config.priorities.default, levels)!;
+  if (!profile) return level;
+  if (named === undefined && profile.defaultPriority !== undefined) level = resolvePriority(profile.defaultPriority, levels)!;
+  // A lower number is more urgent: the cap is the larger of the two.
+  if (profile.maxPriority !== undefined) level = Math.max(level, resolvePriority(profile.maxPriority, levels)!);
+  return level;
+}
+
+export function classify(pathname: string, url: URL, headers: Headers, body: BodyBytes | null, config: SluiceConfig, profile?: ProfileConfig): Classified {
   let model: string | undefined;
   let operation: string | undefined;
   let azurePath = false;
   const azure = AZURE_DEPLOYMENT.exec(pathname);
   if (azure) {
-    model = decodeURIComponent(azure[1]!);
+    try {
+      model = decodeURIComponent(azure[1]!);
+    } catch {
+      throw new BadRequest("the deployment in the path is not valid percent-encoding", "invalid_path");
+    }
     operation = azure[2];
     azurePath = true;
   } else {
@@ -107,6 +153,7 @@ export function classify(pathname: string, url: URL, headers: Headers, body: Bod
   }
   const json = parseJsonObject(body);
   if (!azurePath && typeof json?.model === "string") model = json.model;
+  checkModel(model);
   const named = priorityOf(headers, url, config);
   const api = apiKind(operation);
   // Embeddings produce no completion: their cost is the input alone.
@@ -116,7 +163,7 @@ export function classify(pathname: string, url: URL, headers: Headers, body: Bod
     model,
     azurePath,
     operation,
-    priority: named ?? resolvePriority(config.priorities.default, config.priorities.levels)!,
+    priority: governedPriority(named, profile, config),
     priorityExplicit: named !== undefined,
     json,
     cost: estimate.prompt + estimate.completion,

@@ -1,9 +1,11 @@
 import { DurableObject } from "cloudflare:workers";
 import { ConfigError, parseConfigText } from "../../src/config/load.ts";
 import type { SluiceConfig } from "../../src/config/schema.ts";
-import { inProcessScheduler } from "../../src/gateway.ts";
 import { BackendPool } from "../../src/routing/pool.ts";
-import type { Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "../../src/scheduling/port.ts";
+import { schedulerOptions } from "../../src/runtime.ts";
+import { InProcessScheduler } from "../../src/scheduling/in-process.ts";
+import type { SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "../../src/scheduling/port.ts";
+import { InProcessBackendStore } from "../../src/state/backend-state.ts";
 
 export interface SchedulerEnv {
   /** The config JSON; other string bindings feed ${ENV} interpolation. */
@@ -37,14 +39,6 @@ export interface SchedulerRpc {
   stats(): Promise<SchedulerStats>;
 }
 
-interface Generation {
-  source: string;
-  pool: BackendPool;
-  scheduler: Scheduler;
-}
-
-/** Abort reason of waiters moved to a scheduler rebuilt for a new config. */
-const REBUILT = new Error("sluice: scheduler rebuilt for a new config");
 /** While slots are held, an alarm this often keeps the object in memory (idle objects are evicted after 70-140 s). */
 const KEEPALIVE_MS = 30_000;
 /** How long a cancel that arrived before its acquire is remembered. */
@@ -63,7 +57,10 @@ const MAX_HOLD_MS = 15 * 60_000;
  * Workers reach it over JS RPC through DurableObjectScheduler.
  */
 export class SchedulerObject extends DurableObject<SchedulerEnv> {
-  private gen: Generation | undefined;
+  /** The backends' live state: kept across config versions (a new SLUICE_CONFIG keeps cooldowns, breakers and leases). */
+  private readonly store = new InProcessBackendStore();
+  private scheduler: InProcessScheduler | undefined;
+  private source: string | undefined;
   /** Acquires still waiting, by ticket. */
   private readonly pending = new Map<string, AbortController>();
   /** Slots granted and not yet released, by ticket. */
@@ -74,30 +71,22 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
 
   /** Resolves when a slot is granted, or the request expires, is refused or cancelled. */
   async acquire(request: SlotRequest, ticket: string = crypto.randomUUID()): Promise<SlotDecision> {
-    let gen = this.current();
+    const scheduler = this.current();
     if (this.cancelledEarly.delete(ticket)) return { kind: "cancelled" };
     // A retried call whose first answer was lost: the same grant again.
     const granted = this.held.get(ticket);
     if (granted) return granted.decision;
     this.pending.get(ticket)?.abort();
-    let controller = new AbortController();
+    const controller = new AbortController();
     this.pending.set(ticket, controller);
     try {
-      for (;;) {
-        const decision = await gen.scheduler.acquire(request, controller.signal);
-        if (decision.kind === "cancelled" && controller.signal.reason === REBUILT && this.pending.get(ticket) === controller) {
-          // The config changed while it waited: wait again in the new scheduler.
-          controller = new AbortController();
-          this.pending.set(ticket, controller);
-          gen = this.current();
-          continue;
-        }
-        if (decision.kind === "granted") {
-          this.held.set(ticket, { backend: decision.backend, decision, since: Date.now() });
-          this.keepAlive();
-        }
-        return decision;
+      // A new config while it waits changes nothing for it: the queue and the backends' state outlive versions.
+      const decision = await scheduler.acquire(request, controller.signal);
+      if (decision.kind === "granted") {
+        this.held.set(ticket, { backend: decision.backend, decision, since: Date.now() });
+        this.keepAlive();
       }
+      return decision;
     } finally {
       if (this.pending.get(ticket) === controller) this.pending.delete(ticket);
     }
@@ -119,8 +108,8 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
 
   /** Ends an attempt: frees the slot the ticket holds and records the outcome for the backend's health. */
   release(backend: string, outcome: SlotRelease, ticket?: string): void {
-    const gen = this.current();
-    const b = gen.pool.byName(backend);
+    const scheduler = this.current();
+    const b = this.store.get(backend);
     if (!b) return;
     let counted: boolean;
     if (ticket === undefined) counted = b.inFlight > 0;
@@ -134,11 +123,11 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
       if (outcome.verdict === "abandoned") return;
       b.inFlight++;
     }
-    gen.scheduler.release(backend, outcome);
+    scheduler.release(backend, outcome);
   }
 
   stats(): SchedulerStats | Promise<SchedulerStats> {
-    return this.current().scheduler.stats();
+    return this.current().stats();
   }
 
   /**
@@ -166,26 +155,17 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
   }
 
   /**
-   * The scheduler for the current config, built as the Node gateway builds it; rebuilt when
-   * SLUICE_CONFIG changes, keeping in-flight counts and cooldowns of backends that remain
-   * and moving waiting requests to the new queue.
+   * The queue, told of the current config's backends: a new SLUICE_CONFIG becomes a new pool
+   * in the same queue and store, so waiters, leases, cooldowns and breakers carry over.
    */
-  private current(): Generation {
+  private current(): InProcessScheduler {
     const source = this.env.SLUICE_CONFIG ?? "";
-    if (this.gen?.source === source) return this.gen;
+    if (this.scheduler && this.source === source) return this.scheduler;
     const config = configFromEnv(this.env);
-    const pool = new BackendPool(config);
-    const old = this.gen;
-    if (old) {
-      for (const b of pool.backends) b.cooldownUntil = old.pool.byName(b.name)?.cooldownUntil ?? 0;
-      for (const [ticket, h] of this.held) {
-        const b = pool.byName(h.backend);
-        if (b) b.inFlight++;
-        else this.held.delete(ticket);
-      }
-    }
-    this.gen = { source, pool, scheduler: inProcessScheduler(pool, config) };
-    for (const controller of this.pending.values()) controller.abort(REBUILT);
-    return this.gen;
+    const pool = new BackendPool(config, this.store);
+    if (this.scheduler) this.scheduler.usePool(pool, schedulerOptions(config));
+    else this.scheduler = new InProcessScheduler(this.store, pool, schedulerOptions(config));
+    this.source = source;
+    return this.scheduler;
   }
 }

@@ -2,6 +2,7 @@ import { composeConfig } from "../../src/config/profiles-document.ts";
 import { ConfigError, parseConfigText } from "../../src/config/load.ts";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
+import { createRuntime, type GatewayRuntime } from "../../src/runtime.ts";
 import { errorResponse } from "../../src/http/errors.ts";
 import { DurableObjectRateLimiter, LIMITS_OBJECT, type LimiterNamespace } from "./limiter-client.ts";
 import { DurableObjectScheduler, poolKey, type SchedulerNamespace } from "./scheduler-client.ts";
@@ -138,11 +139,7 @@ function build(config: SluiceConfig, texts: Texts, env: Env, key: string): Curre
   if (config.profilesSource) {
     console.error(`sluice: profilesSource is followed by the Node gateway; on Workers put that document in SLUICE_CONFIG_KV under the key "${KV_PROFILES_KEY}" (ignored here)`);
   }
-  const id = ns?.idFromName(poolKey(config));
-  const scheduler = ns ? () => new DurableObjectScheduler(() => ns.get(id as never), config.scheduling.queueFullRetryMs) : undefined;
-  const lns = env.LIMITER;
-  const lid = lns?.idFromName(LIMITS_OBJECT);
-  const limiter = lns ? new DurableObjectRateLimiter(() => lns.get(lid as never)) : undefined;
+  const runtime = runtimeFor(config, env, ns);
   const entry: Current = {
     key,
     version: "pending",
@@ -152,12 +149,33 @@ function build(config: SluiceConfig, texts: Texts, env: Env, key: string): Curre
   };
   entry.gateway = createGateway({
     config,
-    scheduler,
-    limiter,
+    runtime,
     usageSinks: workerSinks(config.metering.sinks, env),
     configStatus: () => ({ version: entry.version, loadedAt: entry.loadedAt, lastReloadError: lastError?.message ?? null, lastReloadErrorAt: lastError?.at ?? null }),
   });
   return entry;
+}
+
+/**
+ * What outlives config versions in this isolate: the queue (its own, or the pool's Durable
+ * Object), the budgets, the metrics and the JWKS caches. One per queue: a config naming other
+ * backends is another pool's object.
+ */
+const runtimes = new Map<string, GatewayRuntime>();
+
+function runtimeFor(config: SluiceConfig, env: Env, ns: SchedulerNamespace | undefined): GatewayRuntime {
+  const key = ns ? poolKey(config) : "isolate";
+  let runtime = runtimes.get(key);
+  if (runtime) return runtime;
+  const id = ns?.idFromName(key);
+  const lns = env.LIMITER;
+  const lid = lns?.idFromName(LIMITS_OBJECT);
+  runtime = createRuntime({
+    scheduler: ns ? new DurableObjectScheduler(() => ns.get(id as never), config.scheduling.queueFullRetryMs) : undefined,
+    limiter: lns ? new DurableObjectRateLimiter(() => lns.get(lid as never)) : undefined,
+  });
+  runtimes.set(key, runtime);
+  return runtime;
 }
 
 /**

@@ -159,6 +159,9 @@ export class GatewayHolder {
       get config() {
         return holder.current.config;
       },
+      get runtime() {
+        return holder.current.runtime;
+      },
     };
   }
 

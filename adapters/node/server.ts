@@ -3,8 +3,8 @@ import type { AddressInfo, Socket } from "node:net";
 import { serve } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
-import { InProcessRateLimiter } from "../../src/governance/limits.ts";
-import type { BodyBytes, ClientSignal } from "../../src/proxy/attempt.ts";
+import { createRuntime } from "../../src/runtime.ts";
+import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
 import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient, readWhole } from "./upstream.ts";
@@ -80,14 +80,15 @@ export interface GatewayServerOptions {
 /**
  * The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. Each
  * request goes to the gateway current at its arrival (see GatewayHolder); every config version
- * shares the upstream connection pool, the usage sinks and the token/request budgets.
+ * shares the upstream connection pool, the usage sinks and one runtime: backend state (leases,
+ * cooldowns, breakers, latency), the queue, the budgets, the metrics and the JWKS caches.
  */
 export async function startGatewayServer(config: SluiceConfig, overrides: GatewayServerOptions = {}): Promise<RunningGateway> {
   const client = createUpstreamClient();
   const usage = nodeSinks(config.metering.sinks);
-  const limiter = new InProcessRateLimiter();
+  const runtime = createRuntime();
   const holder = new GatewayHolder(
-    (cfg, configStatus) => createGateway({ config: cfg, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, usageSinks: usage.sinks, limiter, configStatus }),
+    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, usageSinks: usage.sinks, configStatus }),
     { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
   );
   const host = overrides.host ?? config.server.host;

@@ -83,13 +83,66 @@ const backend = z
       .optional()
       .describe("api-version used when an OpenAI-path request is sent to an azure-openai or apim backend."),
     auth: backendAuth.optional().describe("Credentials the gateway sends. Omitted: none."),
+    passThrough: z
+      .boolean()
+      .default(false)
+      .describe("Also receives requests that name no model (paths other than the model APIs, e.g. /openai/files), forwarded as they are. Model listings are always answered by the gateway."),
   })
   .strict();
 
 const breaker = z
   .object({
-    failureThreshold: z.number().int().positive().default(5).describe("Consecutive failures that open the circuit."),
-    openMs: z.number().int().positive().default(30_000).describe("How long the circuit stays open before one half-open probe."),
+    policy: z
+      .enum(["consecutive", "failure-rate"])
+      .default("consecutive")
+      .describe("What opens the circuit: failureThreshold consecutive failures, or a failure share of at least failureRate over windowMs."),
+    failureThreshold: z
+      .number()
+      .int()
+      .positive()
+      .max(1_000_000, "at most 1000000")
+      .default(5)
+      .describe("Consecutive failures that open the circuit (policy consecutive)."),
+    openMs: z
+      .number()
+      .int()
+      .positive()
+      .max(86_400_000, "at most 24 h (86400000 ms)")
+      .default(30_000)
+      .describe("How long the circuit stays open before one half-open probe; the interval again after it closes."),
+    maxOpenMs: z
+      .number()
+      .int()
+      .positive()
+      .max(86_400_000, "at most 24 h (86400000 ms)")
+      .default(300_000)
+      .describe("Cap of the open interval grown by failed probes; a value below openMs means no growth."),
+    backoffMultiplier: z
+      .number()
+      .min(1)
+      .max(100)
+      .default(2)
+      .describe("Each failed half-open probe multiplies the open interval by this (1: no growth); a successful probe resets it to openMs."),
+    failureRate: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.5)
+      .describe("Failure share (0 to 1) over windowMs that opens the circuit (policy failure-rate)."),
+    windowMs: z
+      .number()
+      .int()
+      .positive()
+      .max(86_400_000, "at most 24 h (86400000 ms)")
+      .default(60_000)
+      .describe("Sliding window over which the failure share is measured (policy failure-rate)."),
+    minimumCalls: z
+      .number()
+      .int()
+      .positive()
+      .max(1_000_000, "at most 1000000")
+      .default(20)
+      .describe("Verdicts the window must hold before the failure share can open the circuit (policy failure-rate)."),
   })
   .strict();
 

@@ -1,20 +1,7 @@
-import { BadRequest, type Classified } from "../classify.ts";
+import { BadRequest } from "../classify.ts";
 import type { SluiceConfig } from "../config/schema.ts";
-import type { HeaderPairs } from "../http/headers.ts";
-import { resolvePriority } from "../priority.ts";
+import type { HeaderPairs } from "../types.ts";
 import type { Identity } from "./identity.ts";
-
-/** The profile's default applies when the client named no priority; its maximum caps what the client asked for. */
-export function governedPriority(cls: Classified, identity: Identity, config: SluiceConfig): number {
-  const profile = identity.profile;
-  if (!profile) return cls.priority;
-  const levels = config.priorities.levels;
-  let level = cls.priority;
-  if (!cls.priorityExplicit && profile.defaultPriority !== undefined) level = resolvePriority(profile.defaultPriority, levels)!;
-  // A lower number is more urgent: the cap is the larger of the two.
-  if (profile.maxPriority !== undefined) level = Math.max(level, resolvePriority(profile.maxPriority, levels)!);
-  return level;
-}
 
 /** Required headers present, validated ones holding an allowed value: else 400. */
 export function checkHeaderPolicy(headers: Headers, config: SluiceConfig, identity: Identity): void {

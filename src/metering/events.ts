@@ -20,6 +20,8 @@ export interface UsageEvent {
   completionTokens: number | null;
   totalTokens: number | null;
   cachedTokens: number | null;
+  /** Anthropic: prompt tokens written to the provider's cache (billed at a premium). */
+  cacheCreationTokens: number | null;
   reasoningTokens: number | null;
   usageSource: Usage["source"] | null;
   stream: boolean;
@@ -51,64 +53,5 @@ export class FanOutSink implements UsageSink {
         console.error("sluice: a usage sink failed", err);
       }
     }
-  }
-}
-
-/**
- * What the gateway learns about one request along the way; `complete` turns it into the
- * request's one usage event, exactly once, when the response has ended.
- */
-export class RequestRecord {
-  backend: string | null = null;
-  operation: string | null = null;
-  app: string | null = null;
-  attempts = 0;
-  queueMs = 0;
-  ttfbMs: number | null = null;
-  usage: Usage | null = null;
-  truncated = false;
-  /** Runs once the request has ended, with the usage it was charged (null: nothing answered). */
-  onComplete: ((usage: Usage | null) => void) | undefined;
-  private done = false;
-
-  constructor(
-    private readonly sink: UsageSink,
-    private readonly startedAt: number,
-    readonly requestId: string,
-    readonly caller: string,
-    readonly priority: number,
-    readonly model: string | null,
-    readonly stream: boolean,
-  ) {}
-
-  complete(status: number, now: number): void {
-    if (this.done) return;
-    this.done = true;
-    const u = this.usage;
-    this.onComplete?.(u);
-    this.sink.emit({
-      time: new Date(this.startedAt).toISOString(),
-      requestId: this.requestId,
-      caller: this.caller,
-      app: this.app,
-      priority: this.priority,
-      model: this.model,
-      operation: this.operation,
-      backend: this.backend,
-      status,
-      attempts: this.attempts,
-      queueMs: Math.round(this.queueMs),
-      ttfbMs: this.ttfbMs === null ? null : Math.round(this.ttfbMs),
-      totalMs: Math.round(now - this.startedAt),
-      promptTokens: u?.promptTokens ?? null,
-      completionTokens: u?.completionTokens ?? null,
-      totalTokens: u?.totalTokens ?? null,
-      cachedTokens: u?.cachedTokens ?? null,
-      reasoningTokens: u?.reasoningTokens ?? null,
-      usageSource: u?.source ?? null,
-      stream: this.stream,
-      async: false,
-      truncated: this.truncated,
-    });
   }
 }

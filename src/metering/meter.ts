@@ -62,6 +62,8 @@ export class ResponseMeter {
   private jsonBytes = 0;
   /** Strip mode: text of the event being received, not yet passed on. */
   private pending = "";
+  /** The last Responses API event's sequence_number. */
+  private lastSequence: number | undefined;
 
   constructor(private readonly options: MeterOptions) {
     if (options.sse) {
@@ -101,6 +103,11 @@ export class ResponseMeter {
     return this.options.stripUsageChunk && rest ? encoder.encode(rest) : undefined;
   }
 
+  /** The sequence number an error event appended to this Responses stream takes. */
+  nextSequence(): number | undefined {
+    return this.lastSequence === undefined ? undefined : this.lastSequence + 1;
+  }
+
   /** The usage of the answer: the provider's, else an estimate (never zero for unknown). */
   usage(): Usage {
     if (this.json) this.readJson();
@@ -130,6 +137,8 @@ export class ResponseMeter {
     }
     const u = usageIn(doc);
     if (u) mergeUsage(this.parts, u);
+    const seq = (doc as Json | null)?.sequence_number;
+    if (typeof seq === "number") this.lastSequence = seq;
     this.answerChars += answerText(doc);
   }
 

@@ -71,7 +71,8 @@ const modelLabel = (m: string | null): string => (m ? m : "unknown");
 
 export class GatewayMetrics implements UsageSink {
   readonly registry: Registry;
-  private readonly priorityLabel: (level: number) => string;
+  /** Replaced when a config version renames priority levels; the counters stay. */
+  priorityLabel: (level: number) => string;
   /** The state of the scrape being rendered (read by the gauge callbacks). */
   private state: MetricsState | undefined;
 
@@ -85,6 +86,7 @@ export class GatewayMetrics implements UsageSink {
   private readonly genAiTtft: Histogram;
   private readonly genAiDuration: Histogram;
   private readonly genAiTokens: Histogram;
+  private readonly breakerChanges: Counter;
 
   constructor(options: GatewayMetricsOptions = {}) {
     const r = (this.registry = new Registry({ maxSeries: options.maxSeries }));
@@ -128,6 +130,8 @@ export class GatewayMetrics implements UsageSink {
       TOKEN_BUCKETS,
       { foldable: ["gen_ai_request_model"] },
     );
+
+    this.breakerChanges = r.counter("sluice_backend_breaker_transitions_total", "Circuit breaker state changes per backend, by the state entered.", ["backend", "state"]);
 
     r.gauge("sluice_backend_in_flight", "Requests in flight per backend.", ["backend"], (sample) => {
       for (const b of this.state?.backends ?? []) sample([b.name], b.inFlight);
@@ -188,7 +192,13 @@ export class GatewayMetrics implements UsageSink {
       this.genAiTokens.observe(["output", model], event.completionTokens);
     }
     if (event.cachedTokens != null) this.tokens.inc([caller, m, backend, "cached", source], event.cachedTokens);
+    if (event.cacheCreationTokens != null) this.tokens.inc([caller, m, backend, "cache_creation", source], event.cacheCreationTokens);
     if (event.reasoningTokens != null) this.tokens.inc([caller, m, backend, "reasoning", source], event.reasoningTokens);
+  }
+
+  /** A backend's circuit breaker entered `state`. */
+  breakerChanged(backend: string, state: string): void {
+    this.breakerChanges.inc([backend, state]);
   }
 
   /** The whole exposition text (serve with `PROMETHEUS_CONTENT_TYPE`). */

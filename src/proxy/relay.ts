@@ -1,16 +1,7 @@
+import { streamErrorEvent } from "../http/errors.ts";
+import type { ApiKind } from "../types.ts";
+
 export type RelayEnd = "complete" | "error" | "cancel";
-
-const encoder = new TextEncoder();
-
-/** The SSE event a client gets when its stream breaks after the first byte. */
-export function streamErrorEvent(backend: string): Uint8Array {
-  const error = {
-    message: `the stream from backend ${backend} was interrupted; the response is incomplete`,
-    type: "sluice_error",
-    code: "stream_interrupted",
-  };
-  return encoder.encode(`event: error\ndata: ${JSON.stringify({ error })}\n\n`);
-}
 
 /**
  * Passes an upstream body to the client chunk by chunk (pull-driven, nothing buffered),
@@ -24,11 +15,13 @@ export interface BodyTap {
   chunk(bytes: Uint8Array): Uint8Array;
   /** Bytes still held when the body ends. */
   flush(): Uint8Array | undefined;
+  /** One after the last Responses API `sequence_number` seen (for the error event of a broken Responses stream). */
+  nextSequence?(): number | undefined;
 }
 
 export function relay(
   upstream: ReadableStream<Uint8Array>,
-  options: { sse: boolean; backend: string; tap?: BodyTap; onEnd: (how: RelayEnd) => void },
+  options: { sse: boolean; api: ApiKind; backend: string; tap?: BodyTap; onEnd: (how: RelayEnd) => void },
 ): ReadableStream<Uint8Array> {
   const tap = options.tap;
   const reader = upstream.getReader();
@@ -49,7 +42,7 @@ export function relay(
           } catch (err) {
             end("error");
             if (options.sse) {
-              controller.enqueue(streamErrorEvent(options.backend));
+              controller.enqueue(streamErrorEvent(options.api, options.backend, tap?.nextSequence?.()));
               controller.close();
             } else controller.error(err);
             return;

@@ -1,10 +1,17 @@
 import type { BackendConfig, SluiceConfig } from "../config/schema.ts";
-import { CircuitBreaker } from "../resilience/breaker.ts";
+import { backendKind } from "../backends/index.ts";
+import type { BackendKind } from "../backends/kind.ts";
+import type { CredentialProvider } from "../credentials/port.ts";
 import { resolvePriority } from "../priority.ts";
+import type { BackendLive, BackendStateStore, Unavailability } from "../state/backend-state.ts";
 
-export type Unavailability = "cooling" | "busy" | "open";
+export type { Unavailability };
 
-/** A configured backend plus the live state the gateway keeps about it. */
+/**
+ * A backend as one config version defines it. What the gateway learns about it and holds
+ * there (breaker, cooldown, leases, latency) is `live`, from the backend-state store, shared
+ * by every version that names the same backend.
+ */
 export class Backend {
   readonly name: string;
   readonly kind: BackendConfig["kind"];
@@ -13,28 +20,30 @@ export class Backend {
   readonly timeoutMs: number;
   /** Base URL without a trailing slash. */
   readonly baseUrl: string;
-  readonly breaker: CircuitBreaker;
+  /** Also receives requests that name no model (paths other than the model APIs). */
+  readonly passThrough: boolean;
+  readonly live: BackendLive;
+  /** URL, body rewrite, headers and retry hints of the backend's kind. */
+  readonly protocol: BackendKind;
   private readonly deployments = new Map<string, string>();
   private readonly anyModel: boolean;
   private readonly accepted: Set<number> | undefined;
-  private readonly maxConcurrency: number;
 
-  inFlight = 0;
-  cooldownUntil = 0;
-  /** Moving average of time to first byte; undefined until measured. */
-  ttfbMs: number | undefined;
-  /** Smooth weighted round-robin running weight. */
-  wrrCurrent = 0;
-
-  constructor(readonly config: BackendConfig, cfg: SluiceConfig) {
+  constructor(
+    readonly config: BackendConfig,
+    cfg: SluiceConfig,
+    store: BackendStateStore,
+    readonly credentials: CredentialProvider,
+  ) {
+    this.protocol = backendKind(config.kind);
     this.name = config.name;
     this.kind = config.kind;
     this.group = config.group;
     this.weight = config.weight;
     this.timeoutMs = config.timeoutMs ?? cfg.resilience.timeoutMs;
     this.baseUrl = config.url.replace(/\/+$/, "");
-    this.maxConcurrency = config.maxConcurrency ?? Number.POSITIVE_INFINITY;
-    this.breaker = new CircuitBreaker(cfg.resilience.breaker);
+    this.passThrough = config.passThrough;
+    this.live = store.attach({ name: config.name, maxConcurrency: config.maxConcurrency ?? Number.POSITIVE_INFINITY, breaker: cfg.resilience.breaker });
     let any = false;
     for (const m of config.models) {
       if (typeof m === "string") {
@@ -43,18 +52,16 @@ export class Backend {
       } else this.deployments.set(m.name, m.deployment ?? m.name);
     }
     this.anyModel = any;
-    this.accepted = config.priorities
-      ? new Set(config.priorities.map((p) => resolvePriority(p, cfg.priorities.levels)!))
-      : undefined;
+    this.accepted = config.priorities ? new Set(config.priorities.map((p) => resolvePriority(p, cfg.priorities.levels)!)) : undefined;
   }
 
-  /** The backend's own name for `model`, or undefined when it does not serve it. */
+  /** The backend's own name for `model`, or undefined when it does not serve it; a request naming no model goes only to pass-through backends. */
   deploymentFor(model: string | undefined): string | undefined {
-    if (model === undefined) return this.anyModel || this.deployments.size > 0 ? "" : undefined;
+    if (model === undefined) return this.passThrough ? "" : undefined;
     return this.deployments.get(model) ?? (this.anyModel ? model : undefined);
   }
 
-  /** Model names this backend declares (for GET /v1/models). */
+  /** Model names this backend declares (for the gateway's model listing). */
   modelNames(): string[] {
     return [...this.deployments.keys()];
   }
@@ -63,30 +70,11 @@ export class Backend {
     return this.accepted === undefined || this.accepted.has(level);
   }
 
-  /** Why the backend cannot take a request now, or undefined when it can. */
   unavailable(now: number): Unavailability | undefined {
-    if (this.cooldownUntil > now) return "cooling";
-    if (!this.breaker.canPass(now)) return "open";
-    if (this.inFlight >= this.maxConcurrency) return "busy";
-    return undefined;
+    return this.live.unavailable(now);
   }
 
-  /** Takes a concurrency slot (and the half-open probe, if that is the state). */
   acquire(now: number): boolean {
-    if (this.unavailable(now) || !this.breaker.tryPass(now)) return false;
-    this.inFlight++;
-    return true;
-  }
-
-  release(): void {
-    this.inFlight--;
-  }
-
-  coolDown(until: number): void {
-    if (until > this.cooldownUntil) this.cooldownUntil = until;
-  }
-
-  recordTtfb(ms: number, alpha: number): void {
-    this.ttfbMs = this.ttfbMs === undefined ? ms : this.ttfbMs + alpha * (ms - this.ttfbMs);
+    return this.live.acquire(now);
   }
 }

@@ -1,4 +1,6 @@
 import type { SluiceConfig } from "../config/schema.ts";
+import { configCredentials, type CredentialsFactory } from "../credentials/from-config.ts";
+import { InProcessBackendStore, type BackendStateStore } from "../state/backend-state.ts";
 import { Backend } from "./backend.ts";
 import { createStrategy, type Strategy, type StrategyContext } from "./strategies.ts";
 
@@ -20,15 +22,24 @@ export class BackendPool {
   private readonly named: Map<string, Backend>;
   private readonly ctx: StrategyContext;
 
-  constructor(config: SluiceConfig, random: () => number = Math.random) {
+  /**
+   * @param store where the backends' live state is kept; a reload passes the same store, so
+   *   the state outlives this version.
+   */
+  constructor(config: SluiceConfig, readonly store: BackendStateStore = new InProcessBackendStore(), random: () => number = Math.random, credentials: CredentialsFactory = configCredentials) {
     this.backends = config.backends
-      .map((b) => new Backend(b, config))
+      .map((b) => new Backend(b, config, store, credentials(b)))
       .sort((a, b) => a.group - b.group);
     this.named = new Map(this.backends.map((b) => [b.name, b]));
     for (const b of this.backends) {
-      if (!this.strategies.has(b.group)) this.strategies.set(b.group, createStrategy(config.routing.strategy));
+      if (!this.strategies.has(b.group)) this.strategies.set(b.group, createStrategy(config.routing.strategy, store.cursor(`group:${b.group}`)));
     }
     this.ctx = { random, latencyExploration: config.routing.latencyExploration };
+  }
+
+  /** Stops the credential providers' background refreshes (a retired version). */
+  close(): void {
+    for (const b of this.backends) b.credentials.close();
   }
 
   byName(name: string): Backend | undefined {

@@ -17,17 +17,17 @@ const weightedRoundRobin: Strategy = (c) => {
   let total = 0;
   let best = c[0]!;
   for (const b of c) {
-    b.wrrCurrent += b.weight;
+    b.live.wrrCurrent += b.weight;
     total += b.weight;
-    if (b.wrrCurrent > best.wrrCurrent) best = b;
+    if (b.live.wrrCurrent > best.live.wrrCurrent) best = b;
   }
-  best.wrrCurrent -= total;
+  best.live.wrrCurrent -= total;
   return best;
 };
 
-function roundRobin(): Strategy {
-  let next = 0;
-  return (c) => c[next++ % c.length]!;
+/** The cursor comes from the backend-state store, so a reload does not restart the rotation. */
+function roundRobin(cursor: { next: number }): Strategy {
+  return (c) => c[cursor.next++ % c.length]!;
 }
 
 /**
@@ -39,21 +39,21 @@ const latency: Strategy = (c, ctx) => {
   if (c.length > 1 && ctx.random() < ctx.latencyExploration) return random(c, ctx);
   let best = c[0]!;
   for (const b of c) {
-    if (b.ttfbMs === undefined) return b;
-    if (b.ttfbMs < best.ttfbMs!) best = b;
+    if (b.live.ttfbMs === undefined) return b;
+    if (b.live.ttfbMs < best.live.ttfbMs!) best = b;
   }
   return best;
 };
 
 /** A strategy instance; round-robin keeps its own cursor, so make one per priority group. */
-export function createStrategy(name: StrategyName): Strategy {
+export function createStrategy(name: StrategyName, cursor: { next: number } = { next: 0 }): Strategy {
   switch (name) {
     case "latency":
       return latency;
     case "weighted-round-robin":
       return weightedRoundRobin;
     case "round-robin":
-      return roundRobin();
+      return roundRobin(cursor);
     case "random":
       return random;
   }

@@ -1,6 +1,7 @@
-import type { ClientSignal } from "../proxy/attempt.ts";
+import type { ClientSignal } from "../types.ts";
 import type { Backend } from "../routing/backend.ts";
 import type { BackendPool } from "../routing/pool.ts";
+import type { BackendStateStore } from "../state/backend-state.ts";
 import { Heap } from "./heap.ts";
 import type { LevelStats, QueuePlace, Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "./port.ts";
 
@@ -104,9 +105,16 @@ class Lane {
   }
 }
 
-const laneKey = (eligible: readonly string[], tried: readonly string[]) => `${eligible.join(",")}|${[...tried].sort().join(",")}`;
+const laneKey = (version: number, eligible: readonly string[], tried: readonly string[]) =>
+  `${version}|${eligible.join(",")}|${tried.length ? [...tried].sort().join(",") : ""}`;
 
-/** The scheduler for one process (Node, Azure Functions): every operation O(log n) in the waiters of a level. */
+/**
+ * The queue for one process (Node, Azure Functions; the Durable Object on Workers): every
+ * operation O(log n) in the waiters of a level. It outlives config versions: `usePool` hands it
+ * the newest version's backends, while requests already waiting keep the backends of the
+ * version they arrived on; all of them lease through one backend-state store, so a release by
+ * any version dispatches the next waiter of every version.
+ */
 export class InProcessScheduler implements Scheduler {
   private readonly lanes = new Map<string, Lane>();
   private readonly levelStats = new Map<number, LevelStats>();
@@ -114,11 +122,28 @@ export class InProcessScheduler implements Scheduler {
   private seq = 0;
   private wakeAt = Number.POSITIVE_INFINITY;
   private wakeTimer: ReturnType<typeof setTimeout> | undefined;
+  private pool: BackendPool;
+  private poolVersion = 0;
+  private options: SchedulerOptions;
 
   constructor(
-    private readonly pool: BackendPool,
-    private readonly options: SchedulerOptions,
-  ) {}
+    private readonly store: BackendStateStore,
+    pool: BackendPool,
+    options: SchedulerOptions,
+  ) {
+    this.pool = pool;
+    this.options = options;
+  }
+
+  /** A new config version: its backends for new requests, its queue settings from now on. */
+  usePool(pool: BackendPool, options: SchedulerOptions): void {
+    if (pool !== this.pool) {
+      this.pool = pool;
+      this.poolVersion++;
+    }
+    this.options = options;
+    this.dispatch();
+  }
 
   acquire(req: SlotRequest, signal?: ClientSignal): Promise<SlotDecision> {
     const now = this.options.now();
@@ -150,7 +175,7 @@ export class InProcessScheduler implements Scheduler {
       return Promise.resolve({ kind: "queue-full", retryAfterMs: this.options.queueFullRetryMs });
     }
 
-    const key = laneKey(req.eligible, req.tried);
+    const key = laneKey(this.poolVersion, req.eligible, req.tried);
     let lane = this.lanes.get(key);
     if (!lane) {
       lane = new Lane(key, eligible, tried);
@@ -179,25 +204,12 @@ export class InProcessScheduler implements Scheduler {
   }
 
   release(name: string, outcome: SlotRelease): void {
-    const b = this.pool.byName(name);
+    // By name from the store: the backend may be gone from the newest version; its lease is not.
+    const b = this.store.get(name);
     if (!b) return;
     const now = this.options.now();
-    b.release();
-    switch (outcome.verdict) {
-      case "success":
-        b.breaker.onSuccess();
-        if (outcome.ttfbMs !== undefined) b.recordTtfb(outcome.ttfbMs, this.options.latencyAlpha);
-        break;
-      case "failure":
-        b.breaker.onFailure(now);
-        break;
-      default:
-        b.breaker.onAbandon();
-    }
-    if (outcome.cooldownUntil !== undefined && outcome.cooldownUntil > now) {
-      b.coolDown(outcome.cooldownUntil);
-      this.wakeUpAt(outcome.cooldownUntil);
-    }
+    b.release(outcome.verdict, now, this.options.latencyAlpha, outcome.ttfbMs, outcome.cooldownUntil);
+    if (outcome.cooldownUntil !== undefined && outcome.cooldownUntil > now) this.wakeUpAt(outcome.cooldownUntil);
     if (b.breaker.state(now) === "open") this.wakeUpAt(b.breaker.reopensAt());
     this.dispatch();
   }
@@ -207,13 +219,13 @@ export class InProcessScheduler implements Scheduler {
     return {
       waiting: this.waiting,
       levels: [...this.levelStats.values()].sort((a, b) => a.level - b.level).map((l) => ({ ...l })),
-      backends: this.pool.backends.map((b) => ({
-        name: b.name,
-        group: b.group,
-        inFlight: b.inFlight,
-        breaker: b.breaker.state(now),
-        coolingDownMs: Math.max(0, b.cooldownUntil - now),
-        ttfbMs: b.ttfbMs === undefined ? null : Math.round(b.ttfbMs),
+      backends: this.pool.backends.map(({ name, group, live }) => ({
+        name,
+        group,
+        inFlight: live.inFlight,
+        breaker: live.breaker.state(now),
+        coolingDownMs: Math.max(0, live.cooldownUntil - now),
+        ttfbMs: live.ttfbMs === undefined ? null : Math.round(live.ttfbMs),
       })),
     };
   }
@@ -230,7 +242,7 @@ export class InProcessScheduler implements Scheduler {
   /** Earliest end of a cooldown among these backends, as a wait from now. */
   private coolingWait(backends: readonly Backend[], now: number): number | undefined {
     let end = Number.POSITIVE_INFINITY;
-    for (const b of backends) if (b.cooldownUntil > now && b.cooldownUntil < end) end = b.cooldownUntil;
+    for (const { live } of backends) if (live.cooldownUntil > now && live.cooldownUntil < end) end = live.cooldownUntil;
     return Number.isFinite(end) ? end - now : undefined;
   }
 
@@ -246,10 +258,11 @@ export class InProcessScheduler implements Scheduler {
       const why = b.unavailable(now);
       if (why === undefined || why === "busy") return undefined;
       if (why === "open") open++;
-      else if (b.cooldownUntil < coolingEnd) coolingEnd = b.cooldownUntil;
+      else if (b.live.cooldownUntil < coolingEnd) coolingEnd = b.live.cooldownUntil;
     }
     if (open === untried.length) {
-      const reopen = Math.min(...untried.map((b) => b.breaker.reopensAt()));
+      let reopen = Number.POSITIVE_INFINITY;
+      for (const b of untried) reopen = Math.min(reopen, b.live.breaker.reopensAt());
       return { kind: "unavailable", reason: "circuit-open", retryAfterMs: Math.max(0, reopen - now), queuedMs };
     }
     if (coolingEnd >= deadline) return { kind: "cooling", retryAfterMs: coolingEnd - now, queuedMs };

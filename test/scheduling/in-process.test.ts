@@ -1,5 +1,5 @@
 import { parseConfig } from "../../src/config/load.ts";
-import { inProcessScheduler } from "../../src/gateway.ts";
+import { inProcessScheduler } from "../../src/runtime.ts";
 import { BackendPool } from "../../src/routing/pool.ts";
 import { schedulerConformance } from "./scheduler-suite.ts";
 

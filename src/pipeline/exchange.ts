@@ -1,0 +1,119 @@
+import type { Reservation, RateLimiter } from "../governance/limits.ts";
+import type { Usage } from "../metering/usage.ts";
+import type { UsageEvent, UsageSink } from "../metering/events.ts";
+import type { Scheduler, SlotRelease } from "../scheduling/port.ts";
+
+/** What an exchange needs to settle. */
+export interface SettleDeps {
+  sink: UsageSink;
+  scheduler: Scheduler;
+  limiter: RateLimiter;
+  now: () => number;
+}
+
+/**
+ * One request's exchange: what the gateway learns about it along the pipeline, what it holds on
+ * its behalf (a backend lease, a budget reservation), and the one place all of it is settled.
+ *
+ * `settle` is idempotent and is the only place that gives a lease back at the end, settles or
+ * releases the budget and emits the usage event (metrics are a usage sink). The pipeline calls
+ * it from a `finally` around every step; a relayed body calls it when it ends, errors or is
+ * cancelled. So every exit settles, a throw included, exactly once.
+ */
+export class Exchange {
+  caller = "unknown";
+  app: string | null = null;
+  priority: number;
+  model: string | null = null;
+  operation: string | null = null;
+  stream = false;
+  async = false;
+  backend: string | null = null;
+  attempts = 0;
+  queueMs = 0;
+  ttfbMs: number | null = null;
+  usage: Usage | null = null;
+  truncated = false;
+  /** Set once the response body is relayed: its end settles, not the pipeline's `finally`. */
+  relaying = false;
+  private reservation: Reservation | undefined;
+  /** Some attempt reached a backend: the request counts toward `requestsPerMinute` whatever the answer. */
+  private reached = false;
+  private lease: string | undefined;
+  private settled = false;
+
+  constructor(
+    private readonly deps: SettleDeps,
+    readonly requestId: string,
+    readonly startedAt: number,
+    defaultPriority: number,
+  ) {
+    this.priority = defaultPriority;
+  }
+
+  get isSettled(): boolean {
+    return this.settled;
+  }
+
+  reserved(reservation: Reservation): void {
+    this.reservation = reservation;
+  }
+
+  /** A lease on `backend` was granted; the attempt is about to be sent. */
+  leased(backend: string): void {
+    this.lease = backend;
+    this.reached = true;
+  }
+
+  /** The current attempt ended: its lease goes back with what it said about the backend. */
+  endAttempt(outcome: SlotRelease): void {
+    const backend = this.lease;
+    if (backend === undefined) return;
+    this.lease = undefined;
+    this.deps.scheduler.release(backend, outcome);
+  }
+
+  /** Ends the exchange with the status the client got (or the sink stored). Runs once; later calls do nothing. */
+  settle(status: number): void {
+    if (this.settled) return;
+    this.settled = true;
+    // A lease still held here belongs to an attempt that ended without a verdict (a throw, a client gone).
+    this.endAttempt({ verdict: "abandoned" });
+    const u = this.usage;
+    const r = this.reservation;
+    if (r) {
+      // Tokens are charged what was used (nothing known: nothing); the request itself counts once it reached a backend.
+      if (this.reached) this.deps.limiter.settle(r, u?.totalTokens ?? 0);
+      else this.deps.limiter.release(r);
+    }
+    this.deps.sink.emit(this.event(status, u));
+  }
+
+  private event(status: number, u: Usage | null): UsageEvent {
+    return {
+      time: new Date(this.startedAt).toISOString(),
+      requestId: this.requestId,
+      caller: this.caller,
+      app: this.app,
+      priority: this.priority,
+      model: this.model,
+      operation: this.operation,
+      backend: this.backend,
+      status,
+      attempts: this.attempts,
+      queueMs: Math.round(this.queueMs),
+      ttfbMs: this.ttfbMs === null ? null : Math.round(this.ttfbMs),
+      totalMs: Math.round(this.deps.now() - this.startedAt),
+      promptTokens: u?.promptTokens ?? null,
+      completionTokens: u?.completionTokens ?? null,
+      totalTokens: u?.totalTokens ?? null,
+      cachedTokens: u?.cachedTokens ?? null,
+      cacheCreationTokens: u?.cacheCreationTokens ?? null,
+      reasoningTokens: u?.reasoningTokens ?? null,
+      usageSource: u?.source ?? null,
+      stream: this.stream,
+      async: this.async,
+      truncated: this.truncated,
+    };
+  }
+}

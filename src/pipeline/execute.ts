@@ -1,0 +1,134 @@
+import type { Classified } from "../classify.ts";
+import type { SluiceConfig } from "../config/schema.ts";
+import type { AttemptRecord } from "../http/errors.ts";
+import { sendAttempt, type UpstreamFetch, type UpstreamResponse } from "../proxy/attempt.ts";
+import type { Backend } from "../routing/backend.ts";
+import type { QueuePlace, Scheduler, SlotDecision } from "../scheduling/port.ts";
+import type { ClientSignal } from "../types.ts";
+import type { Exchange } from "./exchange.ts";
+import { attemptHeaders, type Plan } from "./plan.ts";
+
+export interface ExecuteContext {
+  config: SluiceConfig;
+  scheduler: Scheduler;
+  upstream: UpstreamFetch;
+  now: () => number;
+}
+
+export interface ExecuteInput {
+  method: string;
+  cls: Classified;
+  plan: Plan;
+  deadline: number;
+  signal: ClientSignal | undefined;
+}
+
+/** How the attempt loop ended. */
+export type Executed =
+  /** A backend answered with something to pass on; the exchange still holds its lease. */
+  | { kind: "answer"; upstream: UpstreamResponse; backend: Backend; ttfbMs: number; attempts: AttemptRecord[] }
+  /** No backend answered: the scheduler's verdict, or every attempt failed. */
+  | { kind: "exhausted"; decision: Exclude<SlotDecision, { kind: "granted" | "cancelled" }> | { kind: "tried-all"; retryAfterMs?: number }; attempts: AttemptRecord[] }
+  /** The client went away. */
+  | { kind: "client-gone"; attempts: AttemptRecord[] };
+
+const POLICY_CYCLE = "x-policycyclecounter";
+/** Error bodies read for a retry hint are this small or not read at all. */
+const HINT_BODY_MAX = 16 * 1024;
+const decoder = new TextDecoder();
+
+/**
+ * The execute step: wait for a lease from the scheduler, send, and on a failover outcome ask
+ * at once for a lease on the next backend — never sleeping in between. A 429 with
+ * `S7PREQUEUE: true` sends the request back to the queue in its old place until the backend's
+ * cooldown ends. A 401 from a backend whose credentials can be refreshed is retried once on the
+ * same backend with fresh ones. Every lease is taken and given back through the exchange.
+ */
+export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteInput): Promise<Executed> {
+  const { config, scheduler, now } = ctx;
+  const { cls, plan } = input;
+  const res = config.resilience;
+  const attempts: AttemptRecord[] = [];
+  const tried: string[] = [];
+  let budget = res.maxAttempts ?? plan.eligible.length;
+  let requeues = 0;
+  let place: QueuePlace | undefined;
+  let notBefore: number | undefined;
+  let policyCycle: string | null = null;
+  /** Earliest cooldown end this request's attempts caused: the Retry-After of an all-429 answer. */
+  let earliestCooldown = Number.POSITIVE_INFINITY;
+
+  while (budget > 0) {
+    const decision = await scheduler.acquire(
+      { id: ex.requestId, priority: cls.priority, caller: ex.caller, cost: cls.cost, deadline: input.deadline, eligible: plan.eligible, tried, affinity: plan.affinity, place, notBefore },
+      input.signal,
+    );
+    if (decision.kind === "cancelled") return { kind: "client-gone", attempts };
+    if (decision.kind !== "queue-full") ex.queueMs += decision.queuedMs;
+    if (decision.kind !== "granted") return { kind: "exhausted", decision, attempts };
+    ex.leased(decision.backend);
+    place = decision.place;
+    notBefore = undefined;
+    const target = plan.targets.get(decision.backend)!;
+    const backend = target.backend;
+    const pending = backend.credentials.ready();
+    if (pending) await pending;
+
+    const send = () =>
+      sendAttempt(
+        ctx.upstream,
+        target.url,
+        { method: input.method, headers: attemptHeaders(plan, target, cls.priority, ex.requestId, policyCycle), body: target.body, signal: input.signal, timeoutMs: backend.timeoutMs },
+        now,
+      );
+    let outcome = await send();
+    if (outcome.kind === "response" && outcome.response.status === 401 && (await backend.credentials.refresh())) {
+      // Credentials that were refused may be stale: one more try with fresh ones, same backend, same lease.
+      outcome.response.body?.cancel().catch(() => undefined);
+      outcome = await send();
+    }
+
+    if (outcome.kind === "client-gone") {
+      ex.backend = backend.name;
+      return { kind: "client-gone", attempts };
+    }
+    if (outcome.kind === "timeout" || outcome.kind === "network") {
+      ex.endAttempt({ verdict: "failure" });
+      attempts.push(
+        outcome.kind === "timeout"
+          ? { backend: backend.name, status: 504, error: `timed out after ${outcome.ms} ms waiting for headers`, ms: outcome.ms }
+          : { backend: backend.name, status: 502, error: outcome.error, ms: outcome.ms },
+      );
+      tried.push(backend.name);
+      budget--;
+      continue;
+    }
+
+    const upstream = outcome.response;
+    const status = upstream.status;
+    if (!res.failoverOn.includes(status)) return { kind: "answer", upstream, backend, ttfbMs: outcome.ttfbMs, attempts };
+
+    const hint = upstream.wholeBody && upstream.wholeBody.byteLength <= HINT_BODY_MAX ? decoder.decode(upstream.wholeBody) : undefined;
+    upstream.body?.cancel().catch(() => undefined);
+    const at = now();
+    const cooldownUntil = res.cooldownOn.includes(status) ? at + (backend.protocol.retryAfterMs(upstream.headers, at, hint) ?? res.defaultCooldownMs) : undefined;
+    // A throttle says nothing about the backend's health; errors and timeouts do.
+    ex.endAttempt({ verdict: status === 429 ? "throttled" : "failure", cooldownUntil });
+    if (cooldownUntil !== undefined) earliestCooldown = Math.min(earliestCooldown, cooldownUntil);
+    attempts.push({ backend: backend.name, status, ms: outcome.ttfbMs });
+    policyCycle = upstream.headers.get(POLICY_CYCLE) ?? policyCycle;
+    if (status === 429 && upstream.headers.get("s7prequeue")?.toLowerCase() === "true" && requeues < config.scheduling.maxRequeues) {
+      // Back to the queue in its old place, every backend allowed again, not before the cooldown ends.
+      requeues++;
+      tried.length = 0;
+      budget = res.maxAttempts ?? plan.eligible.length;
+      notBefore = cooldownUntil;
+      continue;
+    }
+    tried.push(backend.name);
+    budget--;
+  }
+
+  const wait = earliestCooldown - now();
+  return { kind: "exhausted", decision: { kind: "tried-all", retryAfterMs: Number.isFinite(wait) ? Math.max(0, wait) : undefined }, attempts };
+}

@@ -1,0 +1,136 @@
+import { apiOfPath, BadRequest, classify, isModelListing } from "../classify.ts";
+import type { SluiceConfig } from "../config/schema.ts";
+import type { Authenticator, Identity } from "../governance/identity.ts";
+import { modelAllowed } from "../governance/identity.ts";
+import type { RateLimiter } from "../governance/limits.ts";
+import { checkHeaderPolicy, upstreamIdentityHeaders } from "../governance/policy.ts";
+import { GATEWAY_RESPONSE_HEADERS as H } from "../http/headers.ts";
+import type { UsageSink } from "../metering/events.ts";
+import { withStreamUsage } from "../metering/stream-usage.ts";
+import type { UpstreamFetch } from "../proxy/attempt.ts";
+import type { BackendPool } from "../routing/pool.ts";
+import type { Scheduler } from "../scheduling/port.ts";
+import { ttlDeadline } from "../scheduling/ttl.ts";
+import type { ApiKind, BodyBytes, ClientSignal } from "../types.ts";
+import { admit } from "./admit.ts";
+import { Exchange } from "./exchange.ts";
+import { execute } from "./execute.ts";
+import { plan } from "./plan.ts";
+import { answer, gatewayHeaders, refuse, unanswered } from "./respond.ts";
+
+/** Everything the pipeline reads; one per config version (its long-lived parts shared by all versions). */
+export interface PipelineContext {
+  config: SluiceConfig;
+  pool: BackendPool;
+  scheduler: Scheduler;
+  limiter: RateLimiter;
+  upstream: UpstreamFetch;
+  sink: UsageSink;
+  authenticator: Authenticator;
+  now: () => number;
+  readBody: (request: Request, env: unknown) => Promise<BodyBytes>;
+  clientSignal: (request: Request, env: unknown) => ClientSignal | undefined;
+  stripHeaders: ReadonlySet<string>;
+  defaultLevel: number;
+}
+
+const NO_BODY = new Set(["GET", "HEAD"]);
+/** A client's request id is passed on only when it is a short token of safe characters. */
+const SAFE_REQUEST_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+
+function requestIdOf(headers: Headers): string {
+  const given = headers.get(H.requestId);
+  return given !== null && SAFE_REQUEST_ID.test(given) ? given : crypto.randomUUID();
+}
+
+/**
+ * One request, start to end: identify → classify → admit → plan → execute → respond, inside a
+ * `finally` that settles the exchange — unless a relayed body took that over, in which case its
+ * end settles. A throw anywhere is a 500 with the request id, and still settles: the lease goes
+ * back, the budget is released, one usage event goes out.
+ */
+export async function runExchange(ctx: PipelineContext, request: Request, env: unknown): Promise<Response> {
+  const ex = new Exchange({ sink: ctx.sink, scheduler: ctx.scheduler, limiter: ctx.limiter, now: ctx.now }, requestIdOf(request.headers), ctx.now(), ctx.defaultLevel);
+  const url = new URL(request.url);
+  let api: ApiKind = apiOfPath(url.pathname);
+  let status = 500;
+  try {
+    const response = await steps(ctx, ex, request, env, url, (a) => (api = a));
+    status = response.status;
+    return response;
+  } catch (err) {
+    if (err instanceof BadRequest) {
+      status = 400;
+      return refuse(ex, api, { status, code: err.code, message: err.message });
+    }
+    console.error(`sluice: unhandled error (request ${ex.requestId})`, err);
+    return refuse(ex, api, { status: 500, code: "internal_error", message: "the gateway failed to handle this request" });
+  } finally {
+    if (!ex.relaying) ex.settle(status);
+  }
+}
+
+async function steps(ctx: PipelineContext, ex: Exchange, request: Request, env: unknown, url: URL, classified: (api: ApiKind) => void): Promise<Response> {
+  const { config } = ctx;
+  const who = await ctx.authenticator.identify(request.headers);
+  if (!who.ok) return refuse(ex, apiOfPath(url.pathname), who);
+  const identity = who.identity;
+  ex.caller = identity.caller;
+  ex.app = identity.app;
+  if (isModelListing(request.method, url.pathname)) return listModels(ctx, ex, identity, url.pathname);
+
+  const body = NO_BODY.has(request.method) ? null : await ctx.readBody(request, env);
+  const cls = classify(url.pathname, url, request.headers, body, config, identity.profile);
+  classified(cls.api);
+  ex.priority = cls.priority;
+  ex.model = cls.model ?? null;
+  ex.operation = cls.operation ?? null;
+  ex.stream = cls.stream;
+  const deadline = ttlDeadline(request.headers.get("s7pttl"), ex.startedAt, config.scheduling.defaultTtlMs);
+  checkHeaderPolicy(request.headers, config, identity);
+
+  const admitted = await admit(ctx, ex, cls, identity, deadline);
+  if ("status" in admitted) return refuse(ex, cls.api, admitted);
+
+  const rewritten = config.metering.addStreamUsage ? withStreamUsage(cls) : undefined;
+  const p = plan(ctx.pool, {
+    cls,
+    eligible: admitted.eligible,
+    url,
+    body: rewritten?.body ?? body,
+    json: rewritten?.json ?? cls.json,
+    clientHeaders: request.headers,
+    stripHeaders: ctx.stripHeaders,
+    addHeaders: upstreamIdentityHeaders(identity, config),
+    affinity: config.routing.affinity ? (request.headers.get(H.affinity) ?? undefined) : undefined,
+  });
+  const executed = await execute(ctx, ex, { method: request.method, cls, plan: p, deadline, signal: ctx.clientSignal(request, env) });
+  if (executed.kind !== "answer") return unanswered(ex, cls.api, executed, admitted.budget);
+  return answer(ex, executed, { cls, stripUsageChunk: rewritten !== undefined, extraHeaders: admitted.budget });
+}
+
+/**
+ * The gateway's own model listings (`/v1/models`, `/openai/models`, `/openai/v1/models`, and
+ * `…/models/{id}`): the models its backends declare, filtered by the caller's profile. Never
+ * sent to a backend.
+ */
+function listModels(ctx: PipelineContext, ex: Exchange, identity: Identity, pathname: string): Response {
+  ex.operation = "models";
+  const allowed = identity.profile?.models;
+  const names = new Set<string>();
+  for (const b of ctx.pool.backends) for (const n of b.modelNames()) if (modelAllowed(allowed, n)) names.add(n);
+  const model = (id: string) => ({ id, object: "model", created: 0, owned_by: "sluice" });
+  const headers = { "content-type": "application/json", ...gatewayHeaders(ex, undefined, undefined) };
+  const one = /\/models\/(.+)$/.exec(pathname);
+  if (one) {
+    let id: string;
+    try {
+      id = decodeURIComponent(one[1]!);
+    } catch {
+      throw new BadRequest("the model id in the path is not valid percent-encoding", "invalid_path");
+    }
+    if (!names.has(id)) return refuse(ex, "models", { status: 404, code: "model_not_found", message: `the model "${id}" is not served by this gateway` });
+    return new Response(JSON.stringify(model(id)), { status: 200, headers });
+  }
+  return new Response(JSON.stringify({ object: "list", data: [...names].sort().map(model) }), { status: 200, headers });
+}
