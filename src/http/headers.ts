@@ -61,12 +61,16 @@ export function upstreamRequestHeaders(incoming: HeaderSource, strip?: ReadonlyS
  */
 export function downstreamResponseHeaders(upstream: HeaderSource): Record<string, string> | HeaderPairs {
   const listed = connectionListed(upstream);
-  const out: Record<string, string> = {};
+  // No prototype: a backend header named `constructor` or `__proto__` is just a header.
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
   let cookies: string[] | undefined;
   upstream.forEach((value, name) => {
     if (HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || listed?.has(name)) return;
     if (name === "set-cookie") (cookies ??= []).push(value);
-    else out[name] = name in out ? `${out[name]}, ${value}` : value;
+    else {
+      const had = out[name];
+      out[name] = had === undefined ? value : `${had}, ${value}`;
+    }
   });
   if (!cookies) return out;
   if (cookies.length === 1) {

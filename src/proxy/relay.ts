@@ -19,6 +19,28 @@ export interface BodyTap {
   nextSequence?(): number | undefined;
 }
 
+const LF = 0x0a;
+const CR = 0x0d;
+/** A partial event held back longer than this is passed on anyway: the relay never buffers a stream. */
+const HELD_MAX = 64 * 1024;
+
+/** The offset just after the last SSE event boundary (a blank line: LF LF, CR CR, CRLF CRLF) in `b`, or 0. */
+function afterLastEvent(b: Uint8Array): number {
+  for (let i = b.byteLength - 1; i >= 1; i--) {
+    const c = b[i];
+    if (c === LF && (b[i - 1] === LF || (i >= 3 && b[i - 1] === CR && b[i - 2] === LF && b[i - 3] === CR))) return i + 1;
+    if (c === CR && b[i - 1] === CR) return i + 1;
+  }
+  return 0;
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.byteLength + b.byteLength);
+  out.set(a);
+  out.set(b, a.byteLength);
+  return out;
+}
+
 export function relay(
   upstream: ReadableStream<Uint8Array>,
   options: { sse: boolean; api: ApiKind; backend: string; tap?: BodyTap; onEnd: (how: RelayEnd) => void },
@@ -26,6 +48,12 @@ export function relay(
   const tap = options.tap;
   const reader = upstream.getReader();
   let ended = false;
+  /**
+   * SSE: the start of an event whose end has not arrived. It is passed on with its end, so a
+   * stream that breaks mid-event ends with a whole `event: error`, never one glued to half an
+   * event (which a client would fail to parse instead of seeing the gateway's message).
+   */
+  let held: Uint8Array | undefined;
   const end = (how: RelayEnd) => {
     if (ended) return;
     ended = true;
@@ -42,19 +70,33 @@ export function relay(
           } catch (err) {
             end("error");
             if (options.sse) {
+              held = undefined;
               controller.enqueue(streamErrorEvent(options.api, options.backend, tap?.nextSequence?.()));
               controller.close();
             } else controller.error(err);
             return;
           }
           if (chunk.done) {
+            if (held) controller.enqueue(held);
+            held = undefined;
             const rest = tap?.flush();
             if (rest?.byteLength) controller.enqueue(rest);
             end("complete");
             controller.close();
             return;
           }
-          const out = tap ? tap.chunk(chunk.value) : chunk.value;
+          let out = tap ? tap.chunk(chunk.value) : chunk.value;
+          if (options.sse && out.byteLength) {
+            if (held) {
+              out = concat(held, out);
+              held = undefined;
+            }
+            const cut = afterLastEvent(out);
+            if (cut < out.byteLength && out.byteLength - cut <= HELD_MAX) {
+              held = out.subarray(cut);
+              out = out.subarray(0, cut);
+            }
+          }
           if (out.byteLength) {
             controller.enqueue(out);
             return;

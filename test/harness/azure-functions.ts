@@ -292,6 +292,7 @@ export async function startFunctionsApp(env: Record<string, string | undefined>)
   const httpUri = (await capabilities).HttpUri;
   if (!httpUri || !proxyServer) throw new Error("the package started no HTTP proxy: is enableHttpStream set?");
   const packageProxy = proxyServer;
+  const workerHost = new URL(httpUri).host;
 
   const match = routeMatcher(String(trigger.route ?? fn.metadata.name));
   const methods = new Set((trigger.methods ?? ["GET", "POST"]).map((m) => m.toUpperCase()));
@@ -332,7 +333,7 @@ export async function startFunctionsApp(env: Record<string, string | undefined>)
       if (HOP_BY_HOP.has(lower) || lower === "host" || lower.startsWith("x-forwarded-") || lower === "x-ms-invocation-id") continue;
       headers.push(name, req.rawHeaders[i + 1]!);
     }
-    headers.push("x-forwarded-for", req.socket.remoteAddress ?? "", "x-forwarded-host", req.headers.host ?? "", "x-forwarded-proto", "http", "x-ms-invocation-id", invocationId);
+    headers.push("host", workerHost, "x-forwarded-for", req.socket.remoteAddress ?? "", "x-forwarded-host", req.headers.host ?? "", "x-forwarded-proto", "http", "x-ms-invocation-id", invocationId);
     const forwarded = http.request(new URL(`${target.pathname}${target.search}`, httpUri), { method: req.method, headers, agent });
     forwarded.on("response", (answer) => {
       const out: string[] = [];
