@@ -1,5 +1,4 @@
 import { describe, expect, it } from "vitest";
-import { CircuitBreaker } from "../../src/resilience/breaker.ts";
 import { parseDuration, retryAfterMs } from "../../src/resilience/retry-after.ts";
 
 const NOW = Date.parse("2026-11-21T10:00:00Z");
@@ -19,30 +18,5 @@ describe("retry-after parsing", () => {
     expect(retryAfterMs(h({ "retry-after": "soon" }), NOW)).toBeUndefined();
     expect(parseDuration("2s junk")).toBeUndefined();
     expect(parseDuration("6m0s")).toBe(360_000);
-  });
-});
-
-describe("circuit breaker", () => {
-  it("opens after the threshold, lets one probe through, closes on success", () => {
-    const b = new CircuitBreaker({ failureThreshold: 3, openMs: 1000 });
-    b.onFailure(0);
-    b.onFailure(1);
-    expect(b.state(2)).toBe("closed");
-    b.onFailure(2);
-    expect(b.state(3)).toBe("open");
-    expect(b.tryPass(500)).toBe(false);
-    expect(b.tryPass(1002)).toBe(true);
-    expect(b.state(1002)).toBe("half-open");
-    expect(b.tryPass(1003)).toBe(false);
-    b.onSuccess();
-    expect(b.state(1004)).toBe("closed");
-  });
-  it("reopens when the probe fails", () => {
-    const b = new CircuitBreaker({ failureThreshold: 1, openMs: 100 });
-    b.onFailure(0);
-    expect(b.tryPass(100)).toBe(true);
-    b.onFailure(100);
-    expect(b.state(150)).toBe("open");
-    expect(b.tryPass(200)).toBe(true);
   });
 });
