@@ -16,7 +16,8 @@
  */
 import { createHash } from "node:crypto";
 import { dirname, resolve } from "node:path";
-import { ConfigError, parseConfigText } from "../../src/config/load.ts";
+import { parseConfigText } from "../../src/config/load.ts";
+import { VersionHolder, type ConfigStatus, type LoadedConfig, type ReloadOutcome } from "../../src/config/holder.ts";
 import { composeConfig } from "../../src/config/profiles-document.ts";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import type { Gateway } from "../../src/gateway.ts";
@@ -40,18 +41,6 @@ export function composedVersion(configText: string, profilesText: string): strin
   return createHash("sha256").update(configText).update("\0").update(profilesText).digest("hex").slice(0, 12);
 }
 
-/** What /_gateway/health shows under `config`. */
-export interface ConfigStatus {
-  /** The version the answering gateway serves. */
-  version: string;
-  /** When that version was put in service (ISO 8601). */
-  loadedAt: string;
-  /** The last reload that was refused or failed (kept after later successful reloads), else null. */
-  lastReloadError: string | null;
-  /** When that happened (ISO 8601), else null. */
-  lastReloadErrorAt: string | null;
-}
-
 /** A config document offered for reload. */
 export interface ConfigCandidate {
   text: string;
@@ -63,17 +52,7 @@ export interface ConfigCandidate {
   baseDir?: string;
 }
 
-/** A parsed config and its version, as the server starts with it. */
-export interface LoadedConfig {
-  config: SluiceConfig;
-  version: string;
-  origin: string;
-}
-
-export type ReloadOutcome =
-  | { kind: "swapped"; version: string }
-  | { kind: "unchanged"; version: string }
-  | { kind: "refused"; version: string; error: string };
+export type { ConfigStatus, LoadedConfig, ReloadOutcome };
 
 /** Builds one gateway for a config: the same upstream client, usage sinks and limiter every time. */
 export type GatewayBuilder = (config: SluiceConfig, configStatus: () => ConfigStatus) => Gateway;
@@ -87,13 +66,6 @@ export interface GatewayHolderOptions {
   now?: () => Date;
 }
 
-interface Active {
-  gateway: Gateway;
-  version: string;
-  loadedAt: string;
-  origin: string;
-}
-
 /** Settings read once when the server starts; a change is reported as needing a restart. */
 const RESTART_SETTINGS: { name: string; get: (c: SluiceConfig) => unknown }[] = [
   { name: "server.host", get: (c) => c.server.host },
@@ -102,21 +74,14 @@ const RESTART_SETTINGS: { name: string; get: (c: SluiceConfig) => unknown }[] = 
   { name: "metering.sinks", get: (c) => c.metering.sinks },
 ];
 
-function problemText(err: unknown): string {
-  return err instanceof ConfigError ? err.problems.join("; ") : err instanceof Error ? err.message : String(err);
-}
-
-/** The gateway in use, swapped atomically when a new config version is accepted. */
-export class GatewayHolder {
-  private active: Active;
-  private lastError: { message: string; at: string } | null = null;
-  private lastRefused: { version: string; error: string } | undefined;
+/**
+ * The gateway in use (src/config/holder.ts), followed by the Node sources: a config file or App
+ * Configuration, and the profiles document the config names.
+ */
+export class GatewayHolder extends VersionHolder<Gateway> {
   /** The config the process started with: its server settings stay in effect until a restart. */
   private readonly started: SluiceConfig;
   private readonly env: Record<string, string | undefined>;
-  private readonly info: (line: string) => void;
-  private readonly warn: (line: string) => void;
-  private readonly now: () => Date;
   /** The config document last offered (in use, or refused), and the one in use, when known. */
   private latestDoc: ConfigCandidate | undefined;
   private servedDoc: ConfigCandidate | undefined;
@@ -128,22 +93,25 @@ export class GatewayHolder {
   private queue: Promise<unknown> = Promise.resolve();
 
   /** The Node server's (or Functions handler's) fetch: each request goes to the gateway current at its arrival. */
-  readonly fetch: Gateway["fetch"] = (request, env, executionCtx) => this.active.gateway.fetch(request, env, executionCtx);
+  readonly fetch: Gateway["fetch"] = (request, env, executionCtx) => this.current.fetch(request, env, executionCtx);
 
   /** A Gateway whose every member is the current gateway's (for code that takes a Gateway). */
   readonly gateway: Gateway;
 
-  constructor(
-    private readonly build: GatewayBuilder,
-    initial: LoadedConfig,
-    options: GatewayHolderOptions = {},
-  ) {
+  constructor(build: GatewayBuilder, initial: LoadedConfig, options: GatewayHolderOptions = {}) {
+    super(build, initial, {
+      ...options,
+      changes: backendChanges,
+      swapped: (_previous, next) => {
+        for (const s of RESTART_SETTINGS) {
+          const was = JSON.stringify(s.get(this.started));
+          const now = JSON.stringify(s.get(next.config));
+          if (was !== now) this.warn(`sluice: config reload: ${s.name} changed (${was} → ${now}); it takes effect after a restart, ${was} stays in use`);
+        }
+      },
+    });
     this.env = options.env ?? process.env;
-    this.info = options.info ?? ((line) => console.log(line));
-    this.warn = options.warn ?? ((line) => console.error(line));
-    this.now = options.now ?? (() => new Date());
     this.started = initial.config;
-    this.active = this.activate(initial.config, initial.version, initial.origin);
     const holder = this;
     this.gateway = {
       get app() {
@@ -163,24 +131,6 @@ export class GatewayHolder {
         return holder.current.runtime;
       },
     };
-  }
-
-  /** The gateway new requests go to. */
-  get current(): Gateway {
-    return this.active.gateway;
-  }
-
-  get config(): SluiceConfig {
-    return this.active.gateway.config;
-  }
-
-  get version(): string {
-    return this.active.version;
-  }
-
-  /** The status of the version in use. */
-  status(): ConfigStatus {
-    return this.statusOf(this.active.version, this.active.loadedAt);
   }
 
   /**
@@ -225,12 +175,6 @@ export class GatewayHolder {
     this.followers.clear();
   }
 
-  /** A reload that could not even be attempted (the file unreadable, App Configuration unreachable): logged and recorded. */
-  reloadFailed(message: string): void {
-    this.recordError(message);
-    this.warn(`sluice: config reload failed: ${message} (version ${this.active.version} keeps serving)`);
-  }
-
   private serially<T>(task: () => Promise<T>): Promise<T> {
     const run = this.queue.then(task);
     this.queue = run.catch(() => undefined);
@@ -240,11 +184,11 @@ export class GatewayHolder {
   /** A config document, composed with the profiles document it names, offered as a version. */
   private async offer(doc: ConfigCandidate): Promise<ReloadOutcome> {
     const spec = profilesSpecOf(doc.text, this.env, doc.baseDir);
-    if (!spec) return this.install(doc.version, doc.origin, doc, () => parseConfigText(doc.text, this.env, doc.origin));
+    if (!spec) return this.installDoc(doc.version, doc.origin, doc, () => parseConfigText(doc.text, this.env, doc.origin));
     const follower = await this.followerFor(spec);
     const profilesText = follower.text;
     if (profilesText === undefined) return this.refuse(doc.version, doc.origin, follower.error ?? `cannot read profiles from ${spec.origin}`);
-    return this.install(composedVersion(doc.text, profilesText), `${doc.origin} + ${spec.origin}`, doc, () =>
+    return this.installDoc(composedVersion(doc.text, profilesText), `${doc.origin} + ${spec.origin}`, doc, () =>
       composeConfig({ text: doc.text, origin: doc.origin }, { text: profilesText, origin: spec.origin }, this.env),
     );
   }
@@ -298,55 +242,10 @@ export class GatewayHolder {
     }
   }
 
-  private install(version: string, origin: string, doc: ConfigCandidate, parse: () => SluiceConfig): ReloadOutcome {
-    if (version === this.active.version) {
-      // Back to the version in use: a later return of the refused one is reported again.
-      this.lastRefused = undefined;
-      this.servedDoc = doc;
-      return { kind: "unchanged", version };
-    }
-    // The refused version seen again (another event for the same write): reported once.
-    if (version === this.lastRefused?.version) return { kind: "refused", version, error: this.lastRefused.error };
-    let next: Active;
-    try {
-      next = this.activate(parse(), version, origin);
-    } catch (err) {
-      return this.refuse(version, origin, problemText(err));
-    }
-    const previous = this.active;
-    this.active = next;
-    this.servedDoc = doc;
-    this.lastRefused = undefined;
-    this.info(`sluice: config reloaded: version ${next.version} from ${next.origin} replaces ${previous.version}${backendChanges(previous.gateway.config, next.gateway.config)}`);
-    for (const s of RESTART_SETTINGS) {
-      const was = JSON.stringify(s.get(this.started));
-      const now = JSON.stringify(s.get(next.gateway.config));
-      if (was !== now) this.warn(`sluice: config reload: ${s.name} changed (${was} → ${now}); it takes effect after a restart, ${was} stays in use`);
-    }
-    return { kind: "swapped", version: next.version };
-  }
-
-  private refuse(version: string, origin: string, error: string): ReloadOutcome {
-    if (version === this.lastRefused?.version && error === this.lastRefused.error) return { kind: "refused", version, error };
-    this.lastRefused = { version, error };
-    this.recordError(error);
-    this.warn(`sluice: config reload refused: ${error} (version ${version} from ${origin}; version ${this.active.version} keeps serving)`);
-    return { kind: "refused", version, error };
-  }
-
-  private recordError(message: string): void {
-    this.lastError = { message, at: this.now().toISOString() };
-  }
-
-  private statusOf(version: string, loadedAt: string): ConfigStatus {
-    return { version, loadedAt, lastReloadError: this.lastError?.message ?? null, lastReloadErrorAt: this.lastError?.at ?? null };
-  }
-
-  private activate(config: SluiceConfig, version: string, origin: string): Active {
-    const loadedAt = this.now().toISOString();
-    // Each gateway reports its own version: a health check answered by it shows the version that answered.
-    const gateway = this.build(config, () => this.statusOf(version, loadedAt));
-    return { gateway, version, loadedAt, origin };
+  private installDoc(version: string, origin: string, doc: ConfigCandidate, parse: () => SluiceConfig): ReloadOutcome {
+    const outcome = super.install(version, origin, parse);
+    if (outcome.kind !== "refused") this.servedDoc = doc;
+    return outcome;
   }
 }
 
