@@ -213,7 +213,35 @@ export class Gateway {
   chat(headers: Record<string, string> = {}, body = chatBody()): Promise<Reply> {
     return this.send(azurePath(), { body, headers });
   }
+
+  /** The gateway's own view of its queue and backends (`/_gateway/health`). */
+  async health(): Promise<GatewayHealth> {
+    const r = await this.send("/_gateway/health");
+    if (r.status !== 200) throw new Error(`/_gateway/health answered ${r.status}: ${r.text.slice(0, 300)}`);
+    return r.json() as GatewayHealth;
+  }
+
+  /** Requests waiting in the gateway's queue right now, all priorities. */
+  async waiting(): Promise<number> {
+    return (await this.health()).queue.waiting;
+  }
+
+  /** One backend's state as `/_gateway/health` reports it. */
+  async backendState(name: string): Promise<GatewayHealth["backends"][number]> {
+    const b = (await this.health()).backends.find((x) => x.name === name);
+    if (!b) throw new Error(`/_gateway/health lists no backend ${name}`);
+    return b;
+  }
 }
+
+/** What `/_gateway/health` reports (the parts the tests read). */
+export interface GatewayHealth {
+  queue: { waiting: number; levels: Array<{ level: number; waiting: number; dispatched: number }> };
+  backends: Array<{ name: string; inFlight: number; breaker: "closed" | "open" | "half-open"; coolingDownMs: number }>;
+}
+
+/** x-sluice-queue-ms as a number (NaN when absent). */
+export const queueMsOf = (r: Reply): number => Number(r.headers.get("x-sluice-queue-ms") ?? NaN);
 
 // ---------------------------------------------------------------------------------------------
 // Simulator stats helpers
@@ -236,6 +264,9 @@ export function pathWithQuery(r: SimRequest): string {
 // Timing
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Waits until the wall clock reaches `epochMs` (for behaviour that is defined by time, such as a cooldown's end). */
+export const sleepUntil = (epochMs: number): Promise<void> => sleep(Math.max(0, epochMs - Date.now()));
 
 /**
  * Calls `probe` until it returns something other than undefined/false, or the deadline passes
