@@ -20,6 +20,8 @@ export class BackendPool {
   private readonly strategies = new Map<number, Strategy>();
   private readonly eligibility = new Map<string, Eligibility>();
   private readonly named: Map<string, Backend>;
+  /** Backends of a list of names, kept per list: the eligibility lists are cached, so each is resolved once. */
+  private readonly resolved = new WeakMap<readonly string[], readonly Backend[]>();
   private readonly ctx: StrategyContext;
 
   /**
@@ -40,6 +42,16 @@ export class BackendPool {
   /** Stops the credential providers' background refreshes (a retired version). */
   close(): void {
     for (const b of this.backends) b.credentials.close();
+  }
+
+  /** The backends of these names that this version has, in order; `cache` only for lists that never change (the eligibility lists). */
+  resolve(names: readonly string[], cache = true): readonly Backend[] {
+    let out = cache ? this.resolved.get(names) : undefined;
+    if (!out) {
+      out = names.map((n) => this.named.get(n)).filter((b): b is Backend => b !== undefined);
+      if (cache) this.resolved.set(names, out);
+    }
+    return out;
   }
 
   byName(name: string): Backend | undefined {

@@ -67,8 +67,8 @@ class Lane {
 
   constructor(
     readonly key: string,
-    readonly eligible: Backend[],
-    readonly tried: Set<Backend>,
+    readonly eligible: readonly Backend[],
+    readonly tried: ReadonlySet<Backend>,
   ) {}
 
   level(n: number): Level {
@@ -104,6 +104,8 @@ class Lane {
     for (const l of this.levels.values()) if (l.level > served.level && l.heap.size) l.credit += share;
   }
 }
+
+const NOTHING_TRIED: ReadonlySet<Backend> = new Set();
 
 const laneKey = (version: number, eligible: readonly string[], tried: readonly string[]) =>
   `${version}|${eligible.join(",")}|${tried.length ? [...tried].sort().join(",") : ""}`;
@@ -151,9 +153,10 @@ export class InProcessScheduler implements Scheduler {
     const queuedSoFar = req.place ? now - req.place.enqueuedAt : 0;
     if (now >= req.deadline) return Promise.resolve({ kind: "expired", queuedMs: queuedSoFar });
 
-    const eligible = req.eligible.map((n) => this.pool.byName(n)).filter((b): b is Backend => b !== undefined);
-    const tried = new Set(req.tried.map((n) => this.pool.byName(n)).filter((b): b is Backend => b !== undefined));
-    const untried = eligible.filter((b) => !tried.has(b));
+    const eligible = this.pool.resolve(req.eligible);
+    // A first attempt has tried nothing: no set, no filtered copy.
+    const tried = req.tried.length ? new Set(this.pool.resolve(req.tried, false)) : NOTHING_TRIED;
+    const untried = tried.size ? eligible.filter((b) => !tried.has(b)) : eligible;
     if (!untried.length) return Promise.resolve({ kind: "unavailable", reason: "tried-all", retryAfterMs: this.coolingWait(eligible, now), queuedMs: queuedSoFar });
 
     // Nobody waits, so nobody can be overtaken: take a free backend at once.
@@ -251,7 +254,7 @@ export class InProcessScheduler implements Scheduler {
    * past it, or every circuit open. `park` when the only obstacle is a cooldown that ends in
    * time (the request waits for it, keeping its place).
    */
-  private blockedVerdict(untried: Backend[], deadline: number, now: number, queuedMs: number): SlotDecision | { kind: "park"; until: number } | undefined {
+  private blockedVerdict(untried: readonly Backend[], deadline: number, now: number, queuedMs: number): SlotDecision | { kind: "park"; until: number } | undefined {
     let coolingEnd = Number.POSITIVE_INFINITY;
     let open = 0;
     for (const b of untried) {

@@ -19,8 +19,9 @@ import {
   openaiBackend,
   pathWithQuery,
   pollUntil,
+  queueMsOf,
   received,
-  sleep,
+  sleepUntil,
   sseData,
   sseEventName,
   sseEvents,
@@ -31,6 +32,7 @@ import {
   type Reply,
   type Sim,
   type SimFault,
+  type SimRequest,
 } from "./helpers.ts";
 
 
@@ -72,14 +74,34 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
       expect(r.headers.get("x-sluice-queue-ms"), "x-sluice-queue-ms").toMatch(/^\d+(\.\d+)?$/);
     }
 
-    /** A success answered by `backend` on the first try, with the gateway's headers consistent. */
-    function expectServedBy(r: Reply, backend: string, attempts = 1): void {
+    /**
+     * A success answered by `backend` after `attempts` attempts, with the gateway's headers
+     * consistent; a request that never had to wait says so (x-sluice-queue-ms: 0).
+     */
+    function expectServedBy(r: Reply, backend: string, attempts = 1, o: { queued?: boolean } = {}): void {
       expect(r.status, `status (body: ${r.text.slice(0, 300)})`).toBe(200);
       expect(r.backend, "x-sluice-backend").toBe(backend);
       expect(r.headers.get("x-sim-backend"), "the simulator that produced the body").toBe(backend);
       expect(r.attempts, "x-sluice-attempts").toBe(attempts);
       expect(r.headers.get("x-backend-affinity"), "x-backend-affinity").toBe(backend);
       expectGatewayHeaders(r);
+      if (!o.queued) expect(r.headers.get("x-sluice-queue-ms"), "x-sluice-queue-ms of a request that never waited").toBe("0");
+    }
+
+    /**
+     * `r` waited in the gateway's queue for the slot a request held on `s` for `holdMs`: it
+     * reached the backend only after that slot was freed (as the simulator counted), and its
+     * x-sluice-queue-ms covers at least the time from when the gateway showed it waiting
+     * (`waitingSeenAt`) to when the slot was freed.
+     */
+    function expectWaitedForSlot(r: Reply, s: Sim, holdMs: number, waitingSeenAt: number): void {
+      const reqs = s.sim.stats().requests;
+      expect(reqs, `${s.name}: the holder, then the request that waited`).toHaveLength(2);
+      const [holder, waited] = reqs as [SimRequest, SimRequest];
+      expect(waited.at - holder.at, "the waiting request reached the backend before the slot was freed").toBeGreaterThanOrEqual(holdMs - 20);
+      const q = queueMsOf(r);
+      expect(q, "x-sluice-queue-ms").toBeGreaterThanOrEqual(holder.at + holdMs - waitingSeenAt - 50);
+      expect(q, "x-sluice-queue-ms is time spent queued, within the request's own time").toBeLessThanOrEqual(r.ms + 5);
     }
 
     /** A gateway-made error: OpenAI-style body of type sluice_error, no backend named as the answerer. */
@@ -409,21 +431,21 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         status?: number;
       }
       const cases: CooldownCase[] = [
-        { label: "retry-after-ms: 2000", make: () => ({ headers: { "retry-after-ms": "2000" }, ms: 2000 }) },
-        { label: "x-ms-retry-after-ms: 1500", make: () => ({ headers: { "x-ms-retry-after-ms": "1500" }, ms: 1500 }) },
-        { label: "retry-after: 2 (seconds)", make: () => ({ headers: { "retry-after": "2" }, ms: 2000 }) },
+        { label: "retry-after-ms: 1200", make: () => ({ headers: { "retry-after-ms": "1200" }, ms: 1200 }) },
+        { label: "x-ms-retry-after-ms: 1000", make: () => ({ headers: { "x-ms-retry-after-ms": "1000" }, ms: 1000 }) },
+        { label: "retry-after: 1 (seconds)", make: () => ({ headers: { "retry-after": "1" }, ms: 1000 }) },
         {
           label: "retry-after as an HTTP date",
           make: () => {
-            // A whole second 2.5–3.5 s ahead, so the date (second precision) is exact.
-            const endsAt = Math.ceil((Date.now() + 2_500) / 1000) * 1000;
+            // A whole second 1.5–2.5 s ahead, so the date (second precision) is exact.
+            const endsAt = Math.ceil((Date.now() + 1_500) / 1000) * 1000;
             return { headers: { "retry-after": new Date(endsAt).toUTCString() }, endsAt };
           },
         },
-        { label: "x-ratelimit-reset-requests: 2s", make: () => ({ headers: { "x-ratelimit-reset-requests": "2s" }, ms: 2000 }) },
-        { label: "x-ratelimit-reset-tokens: 1500ms", make: () => ({ headers: { "x-ratelimit-reset-tokens": "1500ms" }, ms: 1500 }) },
-        { label: "no header (resilience.defaultCooldownMs 1500)", make: () => ({ headers: {}, ms: 1500 }), defaultCooldownMs: 1500 },
-        { label: "status 503 and retry-after-ms: 1500", make: () => ({ headers: { "retry-after-ms": "1500" }, ms: 1500 }), status: 503 },
+        { label: "x-ratelimit-reset-requests: 1s", make: () => ({ headers: { "x-ratelimit-reset-requests": "1s" }, ms: 1000 }) },
+        { label: "x-ratelimit-reset-tokens: 1000ms", make: () => ({ headers: { "x-ratelimit-reset-tokens": "1000ms" }, ms: 1000 }) },
+        { label: "no header (resilience.defaultCooldownMs 1000)", make: () => ({ headers: {}, ms: 1000 }), defaultCooldownMs: 1000 },
+        { label: "status 503 and retry-after-ms: 1000", make: () => ({ headers: { "retry-after-ms": "1000" }, ms: 1000 }), status: 503 },
       ];
 
       for (const c of cases) {
@@ -443,12 +465,8 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
           const latest = spec.endsAt ?? t0 + spec.ms!;
           expect(first.ms, "no sleep before failing over").toBeLessThan(Math.min(1_000, (earliest - tStart) / 2));
 
-          // Well inside the cooldown: still the spare, b1 not even tried.
-          await sleep(Math.max(0, tStart + 0.6 * (earliest - tStart) - Date.now()));
-          const mid = await gw.chat();
-          expectServedBy(mid, "b2");
-          expect(received(b1)).toBe(1);
-
+          // Every 50 ms until b1 serves again: throughout the cooldown, the spare answers and b1 is not even tried.
+          let duringCooldown = 0;
           const back = await pollUntil(
             "b1 to serve again after its cooldown",
             async () => {
@@ -456,10 +474,12 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
               if (r.backend === "b1") return { r, at: Date.now() };
               expectServedBy(r, "b2");
               expect(received(b1), "b1 received a request during its cooldown").toBe(1);
+              duringCooldown++;
               return undefined;
             },
             { timeoutMs: latest - Date.now() + 3_000, intervalMs: 50 },
           );
+          expect(duringCooldown, "requests answered by the spare during the cooldown").toBeGreaterThanOrEqual(3);
           expectServedBy(back.r, "b1");
           expect(back.at, "b1 used again before its cooldown ended").toBeGreaterThanOrEqual(earliest - 60);
           expect(back.at - latest, "b1 used again long after its cooldown ended").toBeLessThan(1_000);
@@ -650,7 +670,7 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
     // -----------------------------------------------------------------------------------------
     describe("circuit breaker", () => {
       const threshold = 3;
-      const openMs = 1_500;
+      const openMs = 1_000;
 
       /** Makes b1 fail `threshold` times (each request failing over to b2); returns when the last was sent. */
       async function tripBreaker(gw: Gateway, b1: Sim, b2: Sim, fault: SimFault): Promise<number> {
@@ -695,9 +715,13 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         const { gw, b1, b2 } = await primaryAndSpare({ failureThreshold: threshold, openMs });
         await warmUp(gw, [b1, b2]);
         const fault: SimFault = { status: 500, firstByteDelayMs: 300 };
-        const openedBy = await tripBreaker(gw, b1, b2, fault);
-        // The only wait the breaker interval requires.
-        await sleep(Math.max(0, openedBy + openMs + 700 - Date.now()));
+        const openedNotBefore = await tripBreaker(gw, b1, b2, fault);
+        // The gateway itself says when the circuit lets a probe through.
+        await pollUntil("b1's circuit to turn half-open", async () => (await gw.backendState("b1")).breaker === "half-open", {
+          timeoutMs: openMs + 3_000,
+          intervalMs: 20,
+        });
+        expect(Date.now(), "half-open before openMs elapsed").toBeGreaterThanOrEqual(openedNotBefore + openMs - 60);
         const replies = await Promise.all(Array.from({ length: 5 }, () => gw.chat()));
         for (const r of replies) {
           expect(r.status, r.text).toBe(200);

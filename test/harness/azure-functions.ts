@@ -170,11 +170,11 @@ const ENV_KEYS = [
 ] as const;
 
 /** A fresh instance of the installed @azure/functions (module state and all), as a new worker process would have. */
-function freshFunctionsPackage(): unknown {
+function freshFunctionsPackage(): Record<string, unknown> {
   const previous = require.cache[PACKAGE_PATH];
   delete require.cache[PACKAGE_PATH];
   try {
-    return require(PACKAGE_PATH);
+    return require(PACKAGE_PATH) as Record<string, unknown>;
   } finally {
     if (previous) require.cache[PACKAGE_PATH] = previous;
     else delete require.cache[PACKAGE_PATH];
