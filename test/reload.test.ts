@@ -11,7 +11,6 @@ import { startSimulator, type RunningSimulator } from "../adapters/node/simulato
 import { until } from "./harness/until.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 
 interface Sample {
@@ -111,7 +110,8 @@ describe("hot reload of the config file (Node, real sockets)", () => {
     expect((await health()).config).toMatchObject({ version: v1, lastReloadError: null, lastReloadErrorAt: null });
 
     const traffic = steadyTraffic();
-    await sleep(300);
+    const servedBy = (from: number) => new Set(traffic.samples.filter((s) => s.start > from && s.status === 200).map((s) => s.backend));
+    await until("traffic served by both a and b", () => servedBy(0).has("a") && servedBy(0).has("b"), 3000);
 
     // A slow stream on backend a (which the next version removes), started before the change.
     const streamRes = await chat({ "x-backend-affinity": "a", "x-sim-fault": JSON.stringify({ paceMs: 50, chunks: 30 }) }, true);
@@ -126,7 +126,10 @@ describe("hot reload of the config file (Node, real sockets)", () => {
     await until("the swap to v2", () => running.holder.version === configVersion(v2Text), 2000);
     const swapped = Date.now();
     expect(swapped - written).toBeLessThan(1000);
-    await sleep(600);
+    await until("traffic after the swap served by b and c", () => {
+      const after = traffic.samples.filter((s) => s.start > swapped);
+      return after.length > 20 && servedBy(swapped).has("b") && servedBy(swapped).has("c");
+    }, 3000);
 
     const stream = await streamBody;
     expect(stream.text.trimEnd().endsWith("data: [DONE]")).toBe(true);
@@ -138,7 +141,8 @@ describe("hot reload of the config file (Node, real sockets)", () => {
     const refusal = await until("the refusal of v3", () => errors.mock.calls.map((c) => String(c[0])).find((l) => l.startsWith("sluice: config reload refused:")), 2000);
     expect(refusal).toContain("backends[1].kind");
     expect(refusal).toContain(`version ${configVersion(v2Text)} keeps serving`);
-    await sleep(400);
+    const refusedAt = Date.now();
+    await until("traffic served after the refusal", () => traffic.samples.filter((s) => s.start > refusedAt).length >= 10, 3000);
 
     const samples = await traffic.stop();
     expect(samples.filter((s) => s.status !== 200)).toEqual([]);
@@ -184,10 +188,10 @@ describe("hot reload of the config file (Node, real sockets)", () => {
     const loadedAt = (await health()).config.loadedAt;
     const text = configText(["c"], { server: { port: 8123 } });
     writeFileSync(file, text);
-    await sleep(300);
+    // The read the watcher makes on that write, made now (reads are serialised): the same text is the same version.
+    expect(await follower!.check()).toEqual({ kind: "unchanged", version: before });
     expect(running.holder.version).toBe(before);
     expect((await health()).config.loadedAt).toBe(loadedAt);
-    expect(await follower!.check()).toEqual({ kind: "unchanged", version: before });
   });
 
   it("a key removed from the config loses access within a second of the change; the other keeps it", async () => {

@@ -58,7 +58,20 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
   /** Earliest cooldown end this request's attempts caused: the Retry-After of an all-429 answer. */
   let earliestCooldown = Number.POSITIVE_INFINITY;
 
-  while (budget > 0) {
+  /** Every attempt of this round put its backend in cooldown (so waiting for the earliest end can succeed). */
+  let roundCooling = true;
+
+  for (;;) {
+    if (budget <= 0) {
+      // Every eligible backend throttled this request (CONTRACT §4): back to the queue in its place until the earliest cooldown ends, within its TTL.
+      if (!roundCooling || !attempts.length || earliestCooldown >= input.deadline || requeues >= config.scheduling.maxRequeues) break;
+      requeues++;
+      tried.length = 0;
+      budget = res.maxAttempts ?? plan.eligible.length;
+      notBefore = earliestCooldown;
+      earliestCooldown = Number.POSITIVE_INFINITY;
+      roundCooling = true;
+    }
     const decision = await scheduler.acquire(
       { id: ex.requestId, priority: cls.priority, caller: ex.caller, cost: cls.cost, deadline: input.deadline, eligible: plan.eligible, tried, affinity: plan.affinity, place, notBefore },
       input.signal,
@@ -94,6 +107,7 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
     }
     if (outcome.kind === "timeout" || outcome.kind === "network") {
       ex.endAttempt({ verdict: "failure" });
+      roundCooling = false;
       attempts.push(
         outcome.kind === "timeout"
           ? { backend: backend.name, status: 504, error: `timed out after ${outcome.ms} ms waiting for headers`, ms: outcome.ms }
@@ -115,6 +129,7 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
     // A throttle says nothing about the backend's health; errors and timeouts do.
     ex.endAttempt({ verdict: status === 429 ? "throttled" : "failure", cooldownUntil });
     if (cooldownUntil !== undefined) earliestCooldown = Math.min(earliestCooldown, cooldownUntil);
+    else roundCooling = false;
     attempts.push({ backend: backend.name, status, ms: outcome.ttfbMs });
     policyCycle = upstream.headers.get(POLICY_CYCLE) ?? policyCycle;
     if (status === 429 && upstream.headers.get("s7prequeue")?.toLowerCase() === "true" && requeues < config.scheduling.maxRequeues) {
@@ -123,6 +138,7 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
       tried.length = 0;
       budget = res.maxAttempts ?? plan.eligible.length;
       notBefore = cooldownUntil;
+      roundCooling = true;
       continue;
     }
     tried.push(backend.name);

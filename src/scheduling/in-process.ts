@@ -22,6 +22,8 @@ interface Waiter {
   heapIndex: number;
   req: SlotRequest;
   place: QueuePlace;
+  /** When this call started waiting (a requeued request keeps its older place). */
+  since: number;
   lane: Lane;
   level: Level;
   resolve: (decision: SlotDecision) => void;
@@ -150,7 +152,8 @@ export class InProcessScheduler implements Scheduler {
   acquire(req: SlotRequest, signal?: ClientSignal): Promise<SlotDecision> {
     const now = this.options.now();
     if (signal?.aborted) return Promise.resolve({ kind: "cancelled" });
-    const queuedSoFar = req.place ? now - req.place.enqueuedAt : 0;
+    // Each decision reports the wait of this call only; the caller adds up its waits (a requeue waits again).
+    const queuedSoFar = 0;
     if (now >= req.deadline) return Promise.resolve({ kind: "expired", queuedMs: queuedSoFar });
 
     const eligible = this.pool.resolve(req.eligible);
@@ -159,13 +162,13 @@ export class InProcessScheduler implements Scheduler {
     const untried = tried.size ? eligible.filter((b) => !tried.has(b)) : eligible;
     if (!untried.length) return Promise.resolve({ kind: "unavailable", reason: "tried-all", retryAfterMs: this.coolingWait(eligible, now), queuedMs: queuedSoFar });
 
-    // Nobody waits, so nobody can be overtaken: take a free backend at once.
-    if (!this.waiting && !req.place && !(req.notBefore && req.notBefore > now)) {
+    // Nobody waits, so nobody can be overtaken: take a free backend at once (a failover keeps its place for later).
+    if (!this.waiting && !(req.notBefore && req.notBefore > now)) {
       const free = this.pool.pick(eligible, tried, now, req.affinity);
       if (free?.acquire(now)) {
         const stat = this.levelStat(req.priority);
         stat.dispatched++;
-        return Promise.resolve({ kind: "granted", backend: free.name, queuedMs: 0, place: { seq: ++this.seq, tag: 0, enqueuedAt: now } });
+        return Promise.resolve({ kind: "granted", backend: free.name, queuedMs: 0, place: req.place ?? { seq: ++this.seq, tag: 0, enqueuedAt: now } });
       }
     }
 
@@ -188,12 +191,12 @@ export class InProcessScheduler implements Scheduler {
     const place = req.place ?? { seq: ++this.seq, tag: lvl.tagFor(req.caller, Math.max(1, req.cost)), enqueuedAt: now };
 
     return new Promise<SlotDecision>((resolve) => {
-      const w: Waiter = { heapIndex: -1, req, place, lane: lane!, level: lvl, resolve, signal };
+      const w: Waiter = { heapIndex: -1, req, place, since: now, lane: lane!, level: lvl, resolve, signal };
       this.waiting++;
       lane!.waiting++;
       this.levelStat(level).waiting++;
       if (Number.isFinite(req.deadline)) {
-        w.expiry = setTimeout(() => this.finish(w, { kind: "expired", queuedMs: this.options.now() - place.enqueuedAt }), Math.max(0, req.deadline - now));
+        w.expiry = setTimeout(() => this.finish(w, { kind: "expired", queuedMs: this.options.now() - w.since }), Math.max(0, req.deadline - now));
       }
       if (signal) {
         w.onAbort = () => this.finish(w, { kind: "cancelled" });
@@ -318,7 +321,7 @@ export class InProcessScheduler implements Scheduler {
       w.level.virtualTime = Math.max(w.level.virtualTime, w.place.tag);
       w.lane.accrue(w.level, this.options.reservedShare);
       const stat = this.levelStat(w.level.level);
-      const queuedMs = now - w.place.enqueuedAt;
+      const queuedMs = now - w.since;
       stat.dispatched++;
       stat.waitedMs += queuedMs;
       this.finish(w, { kind: "granted", backend: backend.name, queuedMs, place: w.place }, true);

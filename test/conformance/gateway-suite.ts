@@ -21,7 +21,6 @@ import {
   pollUntil,
   queueMsOf,
   received,
-  sleepUntil,
   sseData,
   sseEventName,
   sseEvents,
@@ -490,21 +489,40 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
 
     // -----------------------------------------------------------------------------------------
     describe("exhaustion", () => {
-      it("every backend answers 429 → 429 naming both attempts", async () => {
+      it("every backend answers 429, cooling down past the TTL → 429 naming both attempts, Retry-After of the earliest cooldown end", async () => {
         const { gw, b1, b2 } = await primaryAndSpare();
         b1.sim.script([{ status: 429, headers: { "retry-after-ms": "5000" } }]);
         b2.sim.script([{ status: 429, headers: { "retry-after-ms": "4000" } }]);
-        const r = await gw.chat();
+        const r = await gw.chat({ S7PTTL: "1" });
         expect(r.status, r.text).toBe(429);
         expect(r.attempts).toBe(2);
-        // A gateway-made 429 says when to come back (here: when b2's 4 s cooldown ends).
-        expect(r.headers.get("retry-after")).toMatch(/^[1-4]$/);
-        expect(Number(r.headers.get("retry-after-ms"))).toBeLessThanOrEqual(4_000);
+        // A gateway-made 429 says when to come back: when b2's 4 s cooldown ends.
+        const ms = Number(r.headers.get("retry-after-ms"));
+        expect(r.headers.get("retry-after-ms")).toMatch(/^\d+$/);
+        expect(ms).toBeLessThanOrEqual(4_000);
+        expect(ms).toBeGreaterThanOrEqual(4_000 - r.ms - 50);
+        expect(r.headers.get("retry-after")).toBe(String(Math.ceil(ms / 1000)));
         expectAttempts(sluiceError(r), [
           { backend: "b1", status: 429 },
           { backend: "b2", status: 429 },
         ]);
         expect([received(b1), received(b2)]).toEqual([1, 1]);
+      });
+
+      it("every backend answers 429, the earliest cooldown ending within the TTL → back to the queue until it ends, then served", async () => {
+        const { gw, b1, b2 } = await primaryAndSpare();
+        await warmUp(gw, [b1, b2]);
+        b1.sim.script([{ status: 429, headers: { "retry-after-ms": "1500" } }]);
+        b2.sim.script([{ status: 429, headers: { "retry-after-ms": "1000" } }]);
+        const r = await gw.chat();
+        // b2's cooldown ends first (b1 still cools): b2 serves the third attempt.
+        expectServedBy(r, "b2", 3, { queued: true });
+        expect([received(b1), received(b2)]).toEqual([1, 2]);
+        const [throttled, served] = b2.sim.stats().requests as [SimRequest, SimRequest];
+        expect(served.at - throttled.at, "b2 was called again before its cooldown ended").toBeGreaterThanOrEqual(1_000 - 20);
+        expect(served.at - throttled.at, "the request was not sent as soon as the cooldown ended").toBeLessThan(1_000 + 500);
+        expect(queueMsOf(r), "the wait for the cooldown is time spent queued").toBeGreaterThanOrEqual(1_000 - 100);
+        expect(queueMsOf(r)).toBeLessThanOrEqual(r.ms + 5);
       });
 
       it("every backend answers 500 → 500 naming both attempts", async () => {
@@ -564,10 +582,11 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
       it("every eligible backend cooling down past the TTL → 429 with Retry-After / retry-after-ms of the earliest cooldown end, no attempt; within the TTL → waits and is served", async () => {
         const { gw, b1, b2 } = await primaryAndSpare();
         await warmUp(gw, [b1, b2]);
-        b1.sim.script([{ status: 429, headers: { "retry-after-ms": "3000" } }]);
-        b2.sim.script([{ status: 429, headers: { "retry-after-ms": "6000" } }]);
+        b1.sim.script([{ status: 429, headers: { "retry-after-ms": "2000" } }]);
+        b2.sim.script([{ status: 429, headers: { "retry-after-ms": "4000" } }]);
         const tStart = Date.now();
-        const first = await gw.chat();
+        // A TTL shorter than either cooldown: answered at once (the test above checks that answer).
+        const first = await gw.chat({ S7PTTL: "1" });
         expect(first.status, first.text).toBe(429);
         expect([received(b1), received(b2)]).toEqual([1, 1]);
 
@@ -580,38 +599,38 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expect(error.attempts ?? []).toEqual([]);
         const ms = Number(r.headers.get("retry-after-ms"));
         expect(r.headers.get("retry-after-ms")).toMatch(/^\d+$/);
-        expect(ms).toBeLessThanOrEqual(3_000);
-        expect(ms).toBeGreaterThanOrEqual(3_000 - elapsed - 100);
+        expect(ms).toBeLessThanOrEqual(2_000);
+        expect(ms).toBeGreaterThanOrEqual(2_000 - elapsed - 100);
         expect(r.headers.get("retry-after")).toBe(String(Math.ceil(ms / 1000)));
 
         // With the default TTL the request waits in the queue until b1's cooldown ends.
+        const sent = Date.now();
         const waited = await gw.chat();
-        expectServedBy(waited, "b1");
-        expect(Date.now() - tStart).toBeGreaterThanOrEqual(2_900);
-        expect(Number(waited.headers.get("x-sluice-queue-ms"))).toBeGreaterThan(1_000);
+        expectServedBy(waited, "b1", 1, { queued: true });
+        expect(received(b1)).toBe(2);
+        expect(lastRequest(b1).at - tStart, "b1 was called again before its cooldown ended").toBeGreaterThanOrEqual(2_000 - 20);
+        expect(queueMsOf(waited), "x-sluice-queue-ms").toBeGreaterThanOrEqual(tStart + 2_000 - sent - 100);
+        expect(queueMsOf(waited)).toBeLessThanOrEqual(waited.ms + 5);
       });
 
-      it("the only backend at its concurrency limit → 429 with Retry-After (or, with a queue, served after the first finished)", async () => {
+      it("the only backend at its concurrency limit: the next request waits in the queue and reaches it only after the first finished", async () => {
+        const HOLD = 600;
         const [b1] = (await env.sims(["b1"])) as [Sim];
         const gw = await env.gateway(gatewayConfig([azureBackend("b1", b1.url, { maxConcurrency: 1 })]));
         await warmUp(gw, [b1]);
-        b1.sim.script([{ firstByteDelayMs: 1_000 }]);
+        b1.sim.script([{ firstByteDelayMs: HOLD }]);
         const a = gw.chat();
         await pollUntil("b1 to receive the first request", () => received(b1) === 1, { timeoutMs: 3_000 });
-        const b = await gw.chat();
-        if (b.status === 429) {
-          expect(b.headers.get("retry-after")).toMatch(/^\d+$/);
-          expect(b.headers.get("retry-after-ms")).toMatch(/^\d+$/);
-          expect(b.attempts).toBe(0);
-          sluiceError(b);
-          expect(received(b1), "b1 got a second request beyond its limit").toBe(1);
-        } else {
-          // A scheduler queued it: it must not have reached b1 while the first was in flight.
-          expectServedBy(b, "b1");
-          const [first, second] = b1.sim.stats().requests;
-          expect(second!.at - first!.at).toBeGreaterThanOrEqual(1_000 - 20);
-        }
+        const b = gw.chat();
+        const waitingSeenAt = await pollUntil("the second request to wait in the gateway's queue", async () => (await gw.waiting()) === 1 && Date.now(), {
+          timeoutMs: 3_000,
+          intervalMs: 10,
+        });
+        expect(received(b1), "b1 got a second request beyond its limit").toBe(1);
         expectServedBy(await a, "b1");
+        const waited = await b;
+        expectServedBy(waited, "b1", 1, { queued: true });
+        expectWaitedForSlot(waited, b1, HOLD, waitingSeenAt);
       });
     });
 
@@ -749,18 +768,15 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         const replies: Reply[] = [];
         for (let i = 0; i < 10; i++) replies.push(await gw.chat());
         for (const r of replies) expect(r.status).toBe(200);
-        const t = tally(replies.map((r) => r.backend));
-        expect(t["b3"] ?? 0).toBe(0);
-        expect(received(b3)).toBe(0);
-        expect(received(b1) + received(b2)).toBe(10);
-        expect(received(b1)).toBeGreaterThan(0);
-        expect(received(b2)).toBeGreaterThan(0);
+        // Round-robin within group 1: five each, as the backends counted them.
+        expect(tally(replies.map((r) => r.backend))).toEqual({ b1: 5, b2: 5 });
+        expect([received(b1), received(b2), received(b3)]).toEqual([5, 5, 0]);
       });
 
       it("overflow: group 2 takes a request while group 1 is at maxConcurrency, and traffic returns to group 1", async () => {
         const { gw, b1, b2 } = await primaryAndSpare({}, { b1: { maxConcurrency: 1 } });
         await warmUp(gw, [b1, b2]);
-        b1.sim.script([{ firstByteDelayMs: 1_000 }]);
+        b1.sim.script([{ firstByteDelayMs: 700 }]);
         const a = gw.chat();
         await pollUntil("b1 to receive the first request", () => received(b1) === 1, { timeoutMs: 3_000 });
         const b = await gw.chat();
@@ -789,10 +805,11 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expect([received(b1), received(b2)]).toEqual([2, 4]);
       });
 
-      it("a priority group 2 does not accept never reaches it, even when group 1 is full", async () => {
+      it("a priority group 2 does not accept never reaches it, even when group 1 is full: it waits in the queue for group 1", async () => {
+        const HOLD = 800;
         const { gw, b1, b2 } = await primaryAndSpare({}, { b1: { maxConcurrency: 1 }, b2: { priorities: ["high"] } });
         await warmUp(gw, [b1, b2]);
-        b1.sim.script([{ firstByteDelayMs: 1_500 }]);
+        b1.sim.script([{ firstByteDelayMs: HOLD }]);
         const a = gw.chat();
         await pollUntil("b1 to receive the first request", () => received(b1) === 1, { timeoutMs: 3_000 });
 
@@ -800,19 +817,18 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expectServedBy(await gw.chat({ "x-priority": "high" }), "b2");
         expect(received(b2)).toBe(1);
 
-        // normal is not: it must not reach b2.
-        const normal = await gw.chat({ "x-priority": "normal" });
+        // normal is not: it waits in the gateway's queue for b1's slot.
+        const normal = gw.chat({ "x-priority": "normal" });
+        const waitingSeenAt = await pollUntil("the normal request to wait in the gateway's queue", async () => (await gw.waiting()) === 1 && Date.now(), {
+          timeoutMs: 3_000,
+          intervalMs: 10,
+        });
+        expect(received(b1), "b1 got a second request beyond its limit").toBe(1);
         expect(received(b2), "a normal request spilled to a high-only group").toBe(1);
-        if (normal.status === 429) {
-          expect(normal.headers.get("retry-after")).toMatch(/^\d+$/);
-          expect(normal.attempts).toBe(0);
-          sluiceError(normal);
-          expect(received(b1)).toBe(1);
-        } else {
-          // A queue made it wait for b1 instead.
-          expectServedBy(normal, "b1");
-        }
         expectServedBy(await a, "b1");
+        const served = await normal;
+        expectServedBy(served, "b1", 1, { queued: true });
+        expectWaitedForSlot(served, b1, HOLD, waitingSeenAt);
         expect(received(b2)).toBe(1);
       });
     });
@@ -869,10 +885,11 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
       it("x-backend-affinity sends the request to that backend first, and the response names the backend", async () => {
         const [b1, b2] = (await env.sims(["b1", "b2"])) as [Sim, Sim];
         const gw = await env.gateway(gatewayConfig([azureBackend("b1", b1.url), azureBackend("b2", b2.url)], { strategy: "round-robin" }));
-        // Without affinity, round-robin uses both.
+        // Without affinity, round-robin alternates.
         const free: Array<string | null> = [];
         for (let i = 0; i < 4; i++) free.push((await gw.chat()).backend);
-        expect(Object.keys(tally(free)).sort()).toEqual(["b1", "b2"]);
+        expect(tally(free)).toEqual({ b1: 2, b2: 2 });
+        expect([received(b1), received(b2)]).toEqual([2, 2]);
 
         for (const target of ["b2", "b1"]) {
           for (let i = 0; i < 5; i++) {
@@ -880,6 +897,8 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
             expectServedBy(r, target);
           }
         }
+        // Each backend received exactly the five sent to it.
+        expect([received(b1), received(b2)]).toEqual([7, 7]);
       });
 
       it("affinity to a busy, failing or unknown backend falls back to another one", async () => {
@@ -896,18 +915,20 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway):
         expect(received(b1)).toBe(1);
 
         // Busy: b1 at its concurrency limit.
-        b1.sim.script([{ firstByteDelayMs: 1_000 }]);
+        b1.sim.script([{ firstByteDelayMs: 600 }]);
         const hold = gw.chat({ "x-backend-affinity": "b1" });
         await pollUntil("b1 to receive the held request", () => received(b1) === 2, { timeoutMs: 3_000 });
         const busy = await gw.chat({ "x-backend-affinity": "b1" });
         expectServedBy(busy, "b2");
+        expect([received(b1), received(b2)]).toEqual([2, 2]);
         expectServedBy(await hold, "b1");
 
-        // Unknown name: ignored.
-        const unknown = await gw.chat({ "x-backend-affinity": "no-such-backend" });
-        expect(unknown.status).toBe(200);
-        expect(["b1", "b2"]).toContain(unknown.backend);
-        expect(unknown.headers.get("x-backend-affinity")).toBe(unknown.backend);
+        // Unknown name: ignored, so round-robin alternates as without affinity; each response names
+        // the backend that counted the request.
+        const unknown = [await gw.chat({ "x-backend-affinity": "no-such-backend" }), await gw.chat({ "x-backend-affinity": "no-such-backend" })];
+        for (const r of unknown) expectServedBy(r, r.backend ?? "(none)");
+        expect(tally(unknown.map((r) => r.backend))).toEqual({ b1: 1, b2: 1 });
+        expect([received(b1), received(b2)]).toEqual([3, 3]);
       });
     });
   });

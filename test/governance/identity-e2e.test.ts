@@ -100,11 +100,15 @@ describe("identity and governance [node]", () => {
     expect(asked.status).toBe(200);
     expect(asked.headers.get("x-sluice-backend"), "the high-only backend never sees a capped caller").toBe("main");
     expect(sim.sim.stats().requests[0]!.headers.llm_proxy_priority).toBe("2");
-    await chat({ "api-key": "key-batch" });
+    const byDefault = await chat({ "api-key": "key-batch" });
+    expect(byDefault.status).toBe(200);
+    expect(byDefault.headers.get("x-sluice-backend")).toBe("main");
     expect(sim.sim.stats().requests[1]!.headers.llm_proxy_priority).toBe("3");
     // An uncapped caller asking for high does reach the high-only backend.
     const high = await chat({ "api-key": "key-team-a", "x-priority": "high" });
+    expect(high.status).toBe(200);
     expect(high.headers.get("x-sluice-backend")).toBe("urgent");
+    expect([sim.sim.stats().received, urgent.sim.stats().received]).toEqual([2, 1]);
   });
 
   it("a suspended caller gets 403", async () => {

@@ -4,7 +4,7 @@
  * by a small node:http server.
  *
  * Without a host, `@azure/functions` keeps nothing: `app.http()` only warns that the package is
- * "in test mode" (src/app.ts `generic`, lines 194-201) because `require('@azure/functions-core')`
+ * "in test mode" (src/app.ts lines 39-49 and 189-202) because `require('@azure/functions-core')`
  * fails (src/utils/tryGetCoreApiLazy.ts). That module is provided at run time by the Node.js
  * language worker, which intercepts `Module.prototype.require` (azure-functions-nodejs-worker,
  * src/setupCoreModule.ts). So the harness does what the worker does:
@@ -298,7 +298,6 @@ export async function startFunctionsApp(env: Record<string, string | undefined>)
   const methods = new Set((trigger.methods ?? ["GET", "POST"]).map((m) => m.toUpperCase()));
   // The host's forwarder keeps a pool of connections to the worker.
   const agent = new http.Agent({ keepAlive: true });
-  const inflight = new Set<Promise<void>>();
 
   /** The worker's InvocationHandler, minus hooks the app does not register. */
   async function invoke(coreCtx: CoreInvocationContext): Promise<void> {
@@ -376,15 +375,13 @@ export async function startFunctionsApp(env: Record<string, string | undefined>)
       metadata: fn.metadata,
       log: (level, category, message) => core.log(level, category, message),
     };
-    const running = invoke(coreCtx).catch((err: unknown) => {
+    void invoke(coreCtx).catch((err: unknown) => {
       // A failed invocation: the host answers 500 when nothing was sent yet.
       core.log("error", "system", `invocation ${invocationId} failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
       forwarded.destroy();
       if (!res.headersSent) res.writeHead(500, { "content-length": "0" }).end();
       else res.destroy();
     });
-    inflight.add(running);
-    void running.finally(() => inflight.delete(running));
   }
 
   const host = http.createServer({ keepAlive: true, maxHeaderSize: 128 * 1024 }, serve);
@@ -400,14 +397,15 @@ export async function startFunctionsApp(env: Record<string, string | undefined>)
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
+      // The host stops: client connections close, and with them any forwarded request still open.
       const closed = new Promise<void>((resolve) => host.close(() => resolve()));
       host.closeAllConnections();
       await closed;
-      // Invocations still reading an upstream body end when it does (or when its backend closes).
-      await settleWithin(Promise.all(inflight), 2_000);
-      // The worker's graceful termination: the app's appTerminate hooks (main.ts closes its
-      // config follower, upstream connections and usage sinks there).
-      await settleWithin(core.runHooks("appTerminate", { hookData: {}, appHookData: {} }), 2_000);
+      // The worker's graceful termination runs the app's appTerminate hooks (main.ts closes its
+      // config follower, its upstream connections and its usage sinks there). An invocation
+      // still reading an upstream body (its client gone: see above) holds the upstream client's
+      // close until that body ends or its backend closes; the rest of the shutdown does not wait.
+      await settleWithin(core.runHooks("appTerminate", { hookData: {}, appHookData: {} }), 1_000);
       agent.destroy();
       const proxyClosed = new Promise<void>((resolve) => packageProxy.close(() => resolve()));
       packageProxy.closeAllConnections();
