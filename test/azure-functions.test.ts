@@ -4,11 +4,14 @@
  * with @azure/functions, the package's HTTP-stream proxy and a host in front of it (see
  * test/harness/azure-functions.ts).
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { build } from "esbuild";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startSimulator, type RunningSimulator } from "../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../src/config/schema.ts";
@@ -132,5 +135,23 @@ describe("Azure Functions: what the Functions path changes", () => {
     const before = { ...process.env };
     await expect(startFunctionsApp({})).rejects.toThrow(/set SLUICE_CONFIG/);
     expect(process.env).toEqual(before);
+  });
+
+  it("the entry as npm run build bundles it loads under Node's own ESM loader", async () => {
+    // Vitest's interop accepts imports Node's loader refuses (a named import of one of the
+    // package's classes, say): bundle main.ts as package.json's build does and run it with node.
+    const root = fileURLToPath(new URL("..", import.meta.url));
+    const dir = mkdtempSync(join(tmpdir(), "sluice-func-build-"));
+    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+    symlinkSync(join(root, "node_modules"), join(dir, "node_modules"), "dir");
+    await build({ entryPoints: [join(root, "adapters/azure-functions/main.ts")], bundle: true, platform: "node", format: "esm", packages: "external", outfile: join(dir, "main.mjs"), logLevel: "error" });
+    const env = { ...process.env, ...settings(gatewayConfig([azureBackend("b1", "http://127.0.0.1:9")])) };
+    const run = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = execFile(process.execPath, [join(dir, "main.mjs")], { env, timeout: 20_000 }, (err, _stdout, stderr) => resolve({ code: err ? (typeof err.code === "number" ? err.code : 1) : 0, stderr }));
+      child.stdin?.end();
+    });
+    // Without a Functions host the package only warns that it skips the registration: main.ts ran to its end.
+    expect(run.stderr).toContain('Skipping call to register function "sluice"');
+    expect(run.code, run.stderr).toBe(0);
   });
 });

@@ -1,5 +1,9 @@
-import { HttpResponse, type HttpRequest, type HttpResponseInit, type InvocationContext } from "@azure/functions";
+import functions, { type HttpRequest, type HttpResponse as FunctionsHttpResponse, type HttpResponseInit, type InvocationContext } from "@azure/functions";
 import type { Gateway } from "../../src/gateway.ts";
+
+// The package is CommonJS, and Node's ESM loader finds `app` among its named exports but not its
+// classes: they come from the default export (module.exports).
+const { HttpResponse } = functions;
 
 /**
  * Response headers whose Set-Cookie values come out of `entries()` as one entry, a list.
@@ -46,7 +50,7 @@ class ResponseWithCookies extends HttpResponse {
  * body as a stream (the app runs with HTTP streaming enabled), so nothing is buffered.
  */
 export function createFunctionsHandler(gateway: Gateway) {
-  return async (req: HttpRequest, _context?: InvocationContext): Promise<HttpResponseInit | HttpResponse> => {
+  return async (req: HttpRequest, _context?: InvocationContext): Promise<HttpResponseInit | FunctionsHttpResponse> => {
     const hasBody = req.method !== "GET" && req.method !== "HEAD" && req.body !== null;
     const request = new Request(req.url, {
       method: req.method,

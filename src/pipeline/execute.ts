@@ -68,7 +68,8 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
       requeues++;
       tried.length = 0;
       budget = res.maxAttempts ?? plan.eligible.length;
-      notBefore = earliestCooldown;
+      // No not-before of its own: the cooldowns keep every backend from it, and it waits in its place, woken at the earliest end.
+      notBefore = undefined;
       earliestCooldown = Number.POSITIVE_INFINITY;
       roundCooling = true;
     }

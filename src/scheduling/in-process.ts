@@ -2,6 +2,7 @@ import type { ClientSignal } from "../types.ts";
 import type { Backend } from "../routing/backend.ts";
 import type { BackendPool } from "../routing/pool.ts";
 import type { BackendStateStore } from "../state/backend-state.ts";
+import { later, type Timer } from "../timers.ts";
 import { Heap } from "./heap.ts";
 import type { LevelStats, QueuePlace, Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "./port.ts";
 
@@ -27,9 +28,9 @@ interface Waiter {
   lane: Lane;
   level: Level;
   resolve: (decision: SlotDecision) => void;
-  expiry?: ReturnType<typeof setTimeout>;
-  parkedUntil?: number;
-  wake?: ReturnType<typeof setTimeout>;
+  expiry?: Timer;
+  /** Out of the heap until its own not-before (a requeue after S7PREQUEUE): it does not hold up those behind it. */
+  parked?: Timer;
   onAbort?: () => void;
   signal?: ClientSignal;
   settled?: boolean;
@@ -125,7 +126,8 @@ export class InProcessScheduler implements Scheduler {
   private waiting = 0;
   private seq = 0;
   private wakeAt = Number.POSITIVE_INFINITY;
-  private wakeTimer: ReturnType<typeof setTimeout> | undefined;
+  private wakeTimer: Timer | undefined;
+  private dispatchSoon: Timer | undefined;
   private pool: BackendPool;
   private poolVersion = 0;
   private options: SchedulerOptions;
@@ -173,7 +175,7 @@ export class InProcessScheduler implements Scheduler {
     }
 
     const blocked = this.blockedVerdict(untried, req.deadline, now, queuedSoFar);
-    if (blocked && blocked.kind !== "park") return Promise.resolve(blocked);
+    if (blocked) return Promise.resolve(blocked);
 
     const level = req.priority;
     const levelCap = this.options.maxQueuePerLevel.get(level);
@@ -196,14 +198,15 @@ export class InProcessScheduler implements Scheduler {
       lane!.waiting++;
       this.levelStat(level).waiting++;
       if (Number.isFinite(req.deadline)) {
-        w.expiry = setTimeout(() => this.finish(w, { kind: "expired", queuedMs: this.options.now() - w.since }), Math.max(0, req.deadline - now));
+        w.expiry = later(() => this.finish(w, { kind: "expired", queuedMs: this.options.now() - w.since }), req.deadline - now);
       }
       if (signal) {
         w.onAbort = () => this.finish(w, { kind: "cancelled" });
         signal.addEventListener("abort", w.onAbort, { once: true });
       }
-      const notBefore = Math.max(req.notBefore ?? 0, blocked?.kind === "park" ? blocked.until : 0);
-      if (notBefore > now) this.park(w, notBefore);
+      // A request waiting for a cooldown waits in its place like any other: the backend is not
+      // free until it ends, and the wake at that moment serves the most urgent waiter first.
+      if (req.notBefore !== undefined && req.notBefore > now) this.park(w, req.notBefore - now);
       else lvl.heap.push(w);
       this.dispatch();
     });
@@ -215,8 +218,6 @@ export class InProcessScheduler implements Scheduler {
     if (!b) return;
     const now = this.options.now();
     b.release(outcome.verdict, now, this.options.latencyAlpha, outcome.ttfbMs, outcome.cooldownUntil);
-    if (outcome.cooldownUntil !== undefined && outcome.cooldownUntil > now) this.wakeUpAt(outcome.cooldownUntil);
-    if (b.breaker.state(now) === "open") this.wakeUpAt(b.breaker.reopensAt());
     this.dispatch();
   }
 
@@ -253,11 +254,10 @@ export class InProcessScheduler implements Scheduler {
   }
 
   /**
-   * When no untried backend can ever take the request before its deadline: every one cooling
-   * past it, or every circuit open. `park` when the only obstacle is a cooldown that ends in
-   * time (the request waits for it, keeping its place).
+   * When no untried backend can take the request before its deadline: every one cooling past
+   * it, or every circuit open. A cooldown that ends in time is waited for in the queue.
    */
-  private blockedVerdict(untried: readonly Backend[], deadline: number, now: number, queuedMs: number): SlotDecision | { kind: "park"; until: number } | undefined {
+  private blockedVerdict(untried: readonly Backend[], deadline: number, now: number, queuedMs: number): SlotDecision | undefined {
     let coolingEnd = Number.POSITIVE_INFINITY;
     let open = 0;
     for (const b of untried) {
@@ -272,30 +272,51 @@ export class InProcessScheduler implements Scheduler {
       return { kind: "unavailable", reason: "circuit-open", retryAfterMs: Math.max(0, reopen - now), queuedMs };
     }
     if (coolingEnd >= deadline) return { kind: "cooling", retryAfterMs: coolingEnd - now, queuedMs };
-    return { kind: "park", until: coolingEnd };
+    return undefined;
   }
 
-  /** Holds a waiter out of its level's heap until `until`, then puts it back in its old place. */
-  private park(w: Waiter, until: number): void {
-    w.parkedUntil = until;
-    w.wake = setTimeout(() => {
-      w.wake = undefined;
-      w.parkedUntil = undefined;
+  /** Holds a waiter out of its level's heap for `ms`, then puts it back in its old place. */
+  private park(w: Waiter, ms: number): void {
+    w.parked = later(() => {
+      w.parked = undefined;
       w.level.heap.push(w);
-      this.dispatch();
-    }, Math.max(0, until - this.options.now()));
+      // Waiters unparked at the same moment all go back first; then the most urgent is served.
+      this.dispatchSoon ??= later(() => {
+        this.dispatchSoon = undefined;
+        this.dispatch();
+      }, 0);
+    }, ms);
   }
 
-  /** One timer for backend state changes (cooldown ends, breakers reopening): the earliest. */
-  private wakeUpAt(at: number): void {
-    if (!this.waiting || at >= this.wakeAt) return;
-    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+  /**
+   * Keeps one timer at the earliest moment a backend that waiters are blocked on becomes
+   * available by itself — a cooldown's end, a breaker going half-open — or a waiter's own
+   * not-before passes. A lease given back wakes the queue through `release`; everything else
+   * that changes availability comes through here, so no waiter is left behind a change nobody
+   * announced.
+   */
+  private armWake(now: number): void {
+    let at = Number.POSITIVE_INFINITY;
+    if (this.waiting) {
+      for (const lane of this.lanes.values()) {
+        if (!lane.waiting) continue;
+        for (const b of lane.eligible) {
+          if (lane.tried.has(b)) continue;
+          const t = b.live.availableAt(now);
+          if (t !== undefined && t < at) at = t;
+        }
+      }
+    }
+    if (at === this.wakeAt) return;
+    this.wakeTimer?.clear();
+    this.wakeTimer = undefined;
     this.wakeAt = at;
-    this.wakeTimer = setTimeout(() => {
+    if (!Number.isFinite(at)) return;
+    this.wakeTimer = later(() => {
       this.wakeTimer = undefined;
       this.wakeAt = Number.POSITIVE_INFINITY;
       this.dispatch();
-    }, Math.max(0, at - this.options.now()));
+    }, at - now);
   }
 
   /**
@@ -316,6 +337,7 @@ export class InProcessScheduler implements Scheduler {
       if (!best) break;
       const w = best;
       const backend = this.pool.pick(w.lane.eligible, w.lane.tried, now, w.req.affinity);
+      // Free a moment ago but refused the lease (a half-open probe just claimed): wait for its answer.
       if (!backend || !backend.acquire(now)) break;
       w.level.heap.pop();
       w.level.virtualTime = Math.max(w.level.virtualTime, w.place.tag);
@@ -326,15 +348,18 @@ export class InProcessScheduler implements Scheduler {
       stat.waitedMs += queuedMs;
       this.finish(w, { kind: "granted", backend: backend.name, queuedMs, place: w.place }, true);
     }
+    this.armWake(now);
   }
 
   private finish(w: Waiter, decision: SlotDecision, alreadyPopped = false): void {
     if (w.settled) return;
     w.settled = true;
-    if (w.expiry) clearTimeout(w.expiry);
-    if (w.wake) clearTimeout(w.wake);
+    w.expiry?.clear();
     if (w.onAbort) w.signal?.removeEventListener("abort", w.onAbort);
-    if (!alreadyPopped && w.parkedUntil === undefined) w.level.heap.remove(w);
+    if (w.parked) {
+      w.parked.clear();
+      w.parked = undefined;
+    } else if (!alreadyPopped) w.level.heap.remove(w);
     this.waiting--;
     w.lane.waiting--;
     this.levelStat(w.level.level).waiting--;

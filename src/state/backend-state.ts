@@ -30,6 +30,12 @@ export class BackendLive {
   wrrCurrent = 0;
   /** The newest config version's limit: every version's requests are held to it. */
   maxConcurrency = Number.POSITIVE_INFINITY;
+  /**
+   * Back from a cooldown but not yet answered: one request (the probe) goes first, and only its
+   * answer lets the others follow — no herd of waiters against a deployment that may still throttle.
+   */
+  private recovering = false;
+  private probeOut = false;
   readonly breaker: CircuitBreaker;
 
   constructor(
@@ -44,14 +50,22 @@ export class BackendLive {
   unavailable(now: number): Unavailability | undefined {
     if (this.cooldownUntil > now) return "cooling";
     if (!this.breaker.canPass(now)) return "open";
-    if (this.inFlight >= this.maxConcurrency) return "busy";
+    if (this.inFlight >= this.maxConcurrency || (this.recovering && this.probeOut)) return "busy";
     return undefined;
   }
 
-  /** Takes a lease (and the half-open probe, if that is the state). */
+  /** When a backend that cannot take requests now may again by itself (a cooldown's end, a breaker's half-open); undefined when a release decides. */
+  availableAt(now: number): number | undefined {
+    if (this.cooldownUntil > now) return this.cooldownUntil;
+    if (this.breaker.state(now) === "open") return this.breaker.reopensAt();
+    return undefined;
+  }
+
+  /** Takes a lease (and the half-open or after-cooldown probe, if that is the state). */
   acquire(now: number): boolean {
     if (this.unavailable(now) || !this.breaker.tryPass(now)) return false;
     this.inFlight++;
+    if (this.recovering) this.probeOut = true;
     return true;
   }
 
@@ -69,7 +83,21 @@ export class BackendLive {
       default:
         this.breaker.onAbandon();
     }
-    if (cooldownUntil !== undefined && cooldownUntil > this.cooldownUntil) this.cooldownUntil = cooldownUntil;
+    const throttled = cooldownUntil !== undefined && cooldownUntil > now;
+    if (throttled && cooldownUntil > this.cooldownUntil) this.cooldownUntil = cooldownUntil;
+    if (throttled) this.recovering = true;
+    else if (this.probeOut) {
+      // The probe's answer: anything but a new throttle or an abandoned attempt ends the recovery.
+      if (verdict !== "abandoned") this.recovering = false;
+    }
+    if (this.probeOut) this.probeOut = false;
+  }
+
+  /** Forgets a cooldown (an operator's clear; tests). */
+  clearCooldown(): void {
+    this.cooldownUntil = 0;
+    this.recovering = false;
+    this.probeOut = false;
   }
 }
 

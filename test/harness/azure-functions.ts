@@ -5,7 +5,7 @@
  *
  * Without a host, `@azure/functions` keeps nothing: `app.http()` only warns that the package is
  * "in test mode" (src/app.ts lines 39-49 and 189-202) because `require('@azure/functions-core')`
- * fails (src/utils/tryGetCoreApiLazy.ts). That module is provided at run time by the Node.js
+ * fails (src/utils/tryGetCoreApiLazy.ts lines 7-17). That module is provided at run time by the Node.js
  * language worker, which intercepts `Module.prototype.require` (azure-functions-nodejs-worker,
  * src/setupCoreModule.ts). So the harness does what the worker does:
  *
@@ -33,7 +33,8 @@
  *   streams that response back to the client as it comes.
  *
  * So every conversion between Node's HTTP messages and HttpRequest / HttpResponse is the
- * package's own code, not a copy of it. (Line numbers: node_modules/@azure/functions/src, 4.16.5.)
+ * package's own code, not a copy of it; none of that code is exported, the ProgrammingModel is
+ * the only way to it. (Line numbers: node_modules/@azure/functions/src, version 4.16.5.)
  *
  * A client leaving: the host's forwarder cancels the forwarded request, which closes its
  * connection to the package's proxy; that is all the shim does. What the package does then is
@@ -205,7 +206,7 @@ async function loadApp(env: Record<string, string | undefined>): Promise<WorkerC
     const functions = freshFunctionsPackage();
     // A new main.ts (and a new core) on every load, importing this package instance.
     vi.resetModules();
-    vi.doMock("@azure/functions", () => functions);
+    vi.doMock("@azure/functions", () => ({ ...functions, default: functions }));
     try {
       await import("../../adapters/azure-functions/main.ts");
     } finally {

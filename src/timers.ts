@@ -1,0 +1,32 @@
+/** The longest delay setTimeout takes (a 32-bit signed count of ms); a longer one fires at once. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/** A timer that may be cancelled. */
+export interface Timer {
+  clear(): void;
+}
+
+/**
+ * setTimeout for any delay: one beyond the 32-bit limit is waited for in steps, so a far-future
+ * deadline fires when it is due, never at once. Negative or NaN delays fire on the next turn.
+ */
+export function later(fn: () => void, ms: number): Timer {
+  let handle: ReturnType<typeof setTimeout>;
+  let cleared = false;
+  const arm = (remaining: number) => {
+    const step = Number.isFinite(remaining) ? Math.max(0, Math.min(MAX_TIMER_MS, remaining)) : MAX_TIMER_MS;
+    handle = setTimeout(() => {
+      if (cleared) return;
+      const rest = remaining - step;
+      if (rest > 0) arm(rest);
+      else fn();
+    }, step);
+  };
+  arm(Number.isNaN(ms) ? 0 : ms);
+  return {
+    clear() {
+      cleared = true;
+      clearTimeout(handle);
+    },
+  };
+}
