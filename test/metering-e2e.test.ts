@@ -378,7 +378,8 @@ describe("metering end to end [node]", () => {
     expect(b2.sim.stats().received).toBe(1);
     let events = await gw.waitForEvents(1);
     expect(events).toHaveLength(1);
-    expect(events[0]).toMatchObject({ requestId: json.requestId, backend: "b2", attempts: 2, status: 200, usageSource: "provider" });
+    // b2 was free: the failover never waited, so no queue time.
+    expect(events[0]).toMatchObject({ requestId: json.requestId, backend: "b2", attempts: 2, status: 200, usageSource: "provider", queueMs: 0 });
     expect(fromEvent(events[0]!)).toEqual(json.usage);
     expect(json.usage).toEqual(simUsage(content, 11));
 
@@ -402,7 +403,7 @@ describe("metering end to end [node]", () => {
     events = await gw.waitForEvents(2);
     expect(events).toHaveLength(2);
     const e = eventOf(events, stream.requestId);
-    expect(e).toMatchObject({ backend: "b2", attempts: 2, status: 200, stream: true, truncated: false, usageSource: "provider" });
+    expect(e).toMatchObject({ backend: "b2", attempts: 2, status: 200, stream: true, truncated: false, usageSource: "provider", queueMs: 0 });
     expect(fromEvent(e)).toEqual(simUsage(content, 13));
   });
 

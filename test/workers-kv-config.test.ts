@@ -3,7 +3,7 @@ import { Miniflare } from "miniflare";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { composedVersion, configVersion } from "../adapters/node/reload.ts";
 import { startSimulator, type RunningSimulator } from "../adapters/node/simulator-server.ts";
-import { bundleWorker, COMPATIBILITY_DATE, LIMITER_CLASS, SCHEDULER_CLASS } from "./harness/workers.ts";
+import { bundleWorker, COMPATIBILITY_DATE, COMPATIBILITY_FLAGS, LIMITER_CLASS, SCHEDULER_CLASS } from "./harness/workers.ts";
 import { until as untilWithin } from "./harness/until.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -26,6 +26,7 @@ async function startWorker(bindings: Record<string, string>, seed: (kv: Kv) => P
   const mf = new Miniflare({
     modules: [{ type: "ESModule", path: "worker.js", contents: await bundleWorker() }],
     compatibilityDate: COMPATIBILITY_DATE,
+    compatibilityFlags: COMPATIBILITY_FLAGS,
     kvNamespaces: ["SLUICE_CONFIG_KV"],
     bindings: { SLUICE_CONFIG_KV_TTL_MS: String(TTL_MS), ...bindings },
     durableObjects: { SCHEDULER: SCHEDULER_CLASS, LIMITER: LIMITER_CLASS },

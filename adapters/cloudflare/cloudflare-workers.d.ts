@@ -8,7 +8,12 @@ declare module "cloudflare:workers" {
   export interface DurableObjectStorage {
     setAlarm(scheduledTime: number | Date, options?: { allowConcurrency?: boolean; allowUnconfirmed?: boolean }): Promise<void>;
   }
+  export interface DurableObjectId {
+    /** The name the object was addressed by (idFromName), where the runtime provides it. */
+    readonly name?: string;
+  }
   export interface DurableObjectState {
+    readonly id: DurableObjectId;
     readonly storage: DurableObjectStorage;
   }
   /** Base class of a Durable Object whose public methods are callable over JS RPC. */

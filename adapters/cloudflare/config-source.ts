@@ -141,7 +141,7 @@ export interface ConfigVersion<T> {
  * invalid new version (ConfigError from parsing or from `build`) is refused and logged once, and
  * the one in use keeps serving; with none in use yet, the error is thrown.
  */
-export class ConfigVersions<T> {
+export class ConfigVersions<T, E extends ConfigEnv = ConfigEnv> {
   current: ConfigVersion<T> | undefined;
   /** The last refused reload or failed read, shown by /_gateway/health. */
   lastError: { message: string; at: string } | undefined;
@@ -155,16 +155,17 @@ export class ConfigVersions<T> {
 
   /**
    * @param build the value for a new version (it may throw ConfigError to refuse the version).
-   *   It gets the version record it will be stored in, whose `version` is filled in later.
+   *   It gets the version record it will be stored in, whose `version` is filled in later, and
+   *   the bindings of the call that read the version.
    * @param label prefixes the log lines ("scheduler object: ").
    */
   constructor(
-    private readonly build: (config: SluiceConfig, texts: ConfigTexts, record: ConfigVersion<T>) => T,
+    private readonly build: (config: SluiceConfig, record: ConfigVersion<T>, env: E) => T,
     private readonly label = "",
   ) {}
 
   /** The value for the documents as they are now. Throws ConfigError or KvReadError when there is none. */
-  async get(env: ConfigEnv): Promise<T> {
+  async get(env: E): Promise<T> {
     const texts = await this.source.texts(env);
     const key = `${texts.configOrigin}\0${texts.config}\0${texts.profiles ?? ""}`;
     if (this.current && this.currentKey === key) {
@@ -178,7 +179,7 @@ export class ConfigVersions<T> {
     }
     const record: ConfigVersion<T> = { value: undefined as unknown as T, version: "pending", loadedAt: new Date().toISOString(), origin: originOf(texts) };
     try {
-      record.value = this.build(configOf(texts, env), texts, record);
+      record.value = this.build(configOf(texts, env), record, env);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       this.refused = { key, error: err };

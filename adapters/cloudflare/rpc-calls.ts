@@ -29,16 +29,37 @@ export async function withRetries<T>(call: () => Promise<T>): Promise<T> {
 }
 
 /**
- * Calls nobody waits for (releases, settlements, cancels): kept, and the invocation kept alive,
- * until delivered; a failure is logged, never thrown at a request.
+ * Calls nobody waits for (releases, settlements, cancels, usage events): kept, and the
+ * invocation kept alive, until delivered; a failure is logged, never thrown at a request.
+ *
+ * The invocation kept alive is the one making the call: `waitUntil` from cloudflare:workers is
+ * the current request's `ctx.waitUntil`, found through the runtime's async context. So one
+ * holder per isolate serves every request, including concurrent ones (a holder told "the
+ * current request's ctx" by the fetch handler would hand a later request's ctx to an earlier
+ * request's call). The call must start while its request's invocation is alive: the Worker keeps
+ * each invocation alive until its exchange has settled (lifetime.ts).
  */
 export class BackgroundCalls {
   private readonly pending = new Set<Promise<void>>();
 
-  constructor(private readonly label: string) {}
+  /**
+   * @param label names the calls in the log line of a failure.
+   * @param retry whether a transient RPC failure is tried again (withRetries); not for calls
+   *   that are not idempotent, such as a queue send.
+   */
+  constructor(
+    private readonly label: string,
+    private readonly retry = true,
+  ) {}
 
   send(what: string, call: () => Promise<void>): void {
-    const p = withRetries(call).catch((err: unknown) => console.error(`sluice: ${this.label} ${what} failed`, err));
+    let started: Promise<void>;
+    try {
+      started = this.retry ? withRetries(call) : call();
+    } catch (err) {
+      started = Promise.reject(err);
+    }
+    const p = started.catch((err: unknown) => console.error(`sluice: ${this.label} ${what} failed`, err));
     this.pending.add(p);
     void p.finally(() => this.pending.delete(p));
     try {

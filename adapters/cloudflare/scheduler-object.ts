@@ -1,31 +1,16 @@
 import { DurableObject } from "cloudflare:workers";
-import { ConfigError, parseConfigText } from "../../src/config/load.ts";
+import { ConfigError } from "../../src/config/load.ts";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { BackendPool } from "../../src/routing/pool.ts";
 import { schedulerOptions } from "../../src/runtime.ts";
 import { InProcessScheduler } from "../../src/scheduling/in-process.ts";
 import type { SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "../../src/scheduling/port.ts";
 import { InProcessBackendStore } from "../../src/state/backend-state.ts";
+import { ConfigVersions, type ConfigEnv } from "./config-source.ts";
+import { poolKey } from "./scheduler-client.ts";
 
-export interface SchedulerEnv {
-  /** The config JSON; other string bindings feed ${ENV} interpolation. */
-  SLUICE_CONFIG?: string;
-  [binding: string]: unknown;
-}
-
-/** The string bindings of a Worker's env: the values ${NAME} in the config is replaced from. */
-export function stringBindings(env: SchedulerEnv): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (typeof v === "string") out[k] = v;
-  return out;
-}
-
-/** The config in SLUICE_CONFIG, as the Worker and the scheduler object both read it. */
-export function configFromEnv(env: SchedulerEnv): SluiceConfig {
-  const source = env.SLUICE_CONFIG ?? "";
-  if (!source) throw new ConfigError(["SLUICE_CONFIG: not set (bind the config JSON as a var or secret)"]);
-  return parseConfigText(source, stringBindings(env), "SLUICE_CONFIG");
-}
+/** The object's bindings: the Worker's own (it is defined in the same script), the config read from them as the Worker reads it. */
+export type SchedulerEnv = ConfigEnv;
 
 /**
  * What a Worker calls on the scheduler object (every call a Promise across the RPC boundary).
@@ -57,10 +42,11 @@ const MAX_HOLD_MS = 15 * 60_000;
  * Workers reach it over JS RPC through DurableObjectScheduler.
  */
 export class SchedulerObject extends DurableObject<SchedulerEnv> {
-  /** The backends' live state: kept across config versions (a new SLUICE_CONFIG keeps cooldowns, breakers and leases). */
+  /** The backends' live state: kept across config versions (a new version keeps cooldowns, breakers and leases). */
   private readonly store = new InProcessBackendStore();
   private scheduler: InProcessScheduler | undefined;
-  private source: string | undefined;
+  /** The config versions, read from the same bindings and in the same way as the Worker reads them (config-source.ts). */
+  private readonly versions = new ConfigVersions<InProcessScheduler, SchedulerEnv>((config) => this.adopt(config), "scheduler object: ");
   /** Acquires still waiting, by ticket. */
   private readonly pending = new Map<string, AbortController>();
   /** Slots granted and not yet released, by ticket. */
@@ -71,7 +57,7 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
 
   /** Resolves when a slot is granted, or the request expires, is refused or cancelled. */
   async acquire(request: SlotRequest, ticket: string = crypto.randomUUID()): Promise<SlotDecision> {
-    const scheduler = this.current();
+    const scheduler = this.scheduler ? this.refresh(this.scheduler) : await this.versions.get(this.env);
     if (this.cancelledEarly.delete(ticket)) return { kind: "cancelled" };
     // A retried call whose first answer was lost: the same grant again.
     const granted = this.held.get(ticket);
@@ -97,7 +83,8 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
     const waiting = this.pending.get(ticket);
     if (waiting) return waiting.abort();
     const granted = this.held.get(ticket);
-    if (granted) return this.release(granted.backend, { verdict: "abandoned" }, ticket);
+    // A slot is held only once a version is in use: the scheduler exists.
+    if (granted) return this.releaseOn(this.scheduler!, granted.backend, { verdict: "abandoned" }, ticket);
     const now = Date.now();
     for (const [t, until] of this.cancelledEarly) {
       if (until > now) break;
@@ -107,8 +94,42 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
   }
 
   /** Ends an attempt: frees the slot the ticket holds and records the outcome for the backend's health. */
-  release(backend: string, outcome: SlotRelease, ticket?: string): void {
-    const scheduler = this.current();
+  release(backend: string, outcome: SlotRelease, ticket?: string): void | Promise<void> {
+    // A new object (evicted since the grant) learns the backends first; a release never waits on KV otherwise.
+    if (!this.scheduler) return this.versions.get(this.env).then((scheduler) => this.releaseOn(scheduler, backend, outcome, ticket));
+    this.releaseOn(this.scheduler, backend, outcome, ticket);
+  }
+
+  stats(): SchedulerStats | Promise<SchedulerStats> {
+    if (!this.scheduler) return this.versions.get(this.env).then((scheduler) => scheduler.stats());
+    return this.refresh(this.scheduler).stats();
+  }
+
+  /**
+   * Re-arms itself while slots are held, so the in-flight counts are not lost to an idle
+   * eviction; takes back slots held past MAX_HOLD_MS.
+   */
+  alarm(): void {
+    this.alarmArmed = false;
+    const stale = Date.now() - MAX_HOLD_MS;
+    for (const [ticket, h] of this.held) {
+      if (h.since > stale) continue;
+      console.warn(`sluice: a slot on ${h.backend} held for over ${MAX_HOLD_MS / 60_000} min was taken back (its request is presumed gone)`);
+      this.releaseOn(this.scheduler!, h.backend, { verdict: "abandoned" }, ticket);
+    }
+    if (this.held.size) this.keepAlive();
+  }
+
+  private keepAlive(): void {
+    if (this.alarmArmed) return;
+    this.alarmArmed = true;
+    this.ctx.storage.setAlarm(Date.now() + KEEPALIVE_MS, { allowUnconfirmed: true }).catch((err: unknown) => {
+      this.alarmArmed = false;
+      console.error("sluice: scheduler keep-alive alarm not set", err);
+    });
+  }
+
+  private releaseOn(scheduler: InProcessScheduler, backend: string, outcome: SlotRelease, ticket: string | undefined): void {
     const b = this.store.get(backend);
     if (!b) return;
     let counted: boolean;
@@ -126,46 +147,32 @@ export class SchedulerObject extends DurableObject<SchedulerEnv> {
     scheduler.release(backend, outcome);
   }
 
-  stats(): SchedulerStats | Promise<SchedulerStats> {
-    return this.current().stats();
+  /**
+   * The queue in use, and a look at the config in the background: a version read since
+   * (SLUICE_CONFIG_KV is re-read at most every SLUICE_CONFIG_KV_TTL_MS, as by the Worker) is
+   * adopted when the read answers, so no call waits on KV once the object has a version.
+   */
+  private refresh(scheduler: InProcessScheduler): InProcessScheduler {
+    this.versions.get(this.env).catch((err: unknown) => console.error("sluice: scheduler object: reading the config failed", err));
+    return scheduler;
   }
 
   /**
-   * Re-arms itself while slots are held, so the in-flight counts are not lost to an idle
-   * eviction; takes back slots held past MAX_HOLD_MS.
+   * A new config version: its backends become a new pool in the same queue and store, so
+   * waiters, leases, cooldowns and breakers carry over. A version naming other backends than
+   * the pool this object is named for belongs to another pool's object (the Workers that read
+   * it call that one): it is refused, and the version in use keeps serving the Workers that
+   * have not read it yet.
    */
-  alarm(): void {
-    this.alarmArmed = false;
-    const stale = Date.now() - MAX_HOLD_MS;
-    for (const [ticket, h] of this.held) {
-      if (h.since > stale) continue;
-      console.warn(`sluice: a slot on ${h.backend} held for over ${MAX_HOLD_MS / 60_000} min was taken back (its request is presumed gone)`);
-      this.release(h.backend, { verdict: "abandoned" }, ticket);
+  private adopt(config: SluiceConfig): InProcessScheduler {
+    const own = this.ctx.id?.name;
+    const named = poolKey(config);
+    if (own?.startsWith("pool:") && own !== named) {
+      throw new ConfigError([`backends: this version names the pool "${named}"; this object queues for "${own}" (Workers that read this version use that pool's object)`]);
     }
-    if (this.held.size) this.keepAlive();
-  }
-
-  private keepAlive(): void {
-    if (this.alarmArmed) return;
-    this.alarmArmed = true;
-    this.ctx.storage.setAlarm(Date.now() + KEEPALIVE_MS, { allowUnconfirmed: true }).catch((err: unknown) => {
-      this.alarmArmed = false;
-      console.error("sluice: scheduler keep-alive alarm not set", err);
-    });
-  }
-
-  /**
-   * The queue, told of the current config's backends: a new SLUICE_CONFIG becomes a new pool
-   * in the same queue and store, so waiters, leases, cooldowns and breakers carry over.
-   */
-  private current(): InProcessScheduler {
-    const source = this.env.SLUICE_CONFIG ?? "";
-    if (this.scheduler && this.source === source) return this.scheduler;
-    const config = configFromEnv(this.env);
     const pool = new BackendPool(config, this.store);
     if (this.scheduler) this.scheduler.usePool(pool, schedulerOptions(config));
     else this.scheduler = new InProcessScheduler(this.store, pool, schedulerOptions(config));
-    this.source = source;
     return this.scheduler;
   }
 }

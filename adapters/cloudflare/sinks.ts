@@ -1,21 +1,37 @@
 import { ConfigError } from "../../src/config/load.ts";
 import type { SinkConfig } from "../../src/config/schema.ts";
 import { ConsoleSink, type UsageEvent, type UsageSink } from "../../src/metering/events.ts";
+import { BackgroundCalls } from "./rpc-calls.ts";
 
 /** A Cloudflare Queue producer binding, as far as the sink uses it. */
 export interface QueueProducer {
   send(body: unknown): Promise<void>;
 }
 
-/** Usage events to a Cloudflare Queue, for a consumer that bills or aggregates them. */
-class QueueSink implements UsageSink {
+/**
+ * Usage events to a Cloudflare Queue, for a consumer that bills or aggregates them. Each send
+ * is kept alive with the sending request's `waitUntil` (BackgroundCalls): an event is emitted
+ * as its exchange settles, often as the response ends, and a send still in flight when the
+ * invocation ends would be dropped. A send is not retried (it is not idempotent); a failed one
+ * is logged.
+ */
+export class QueueSink implements UsageSink {
+  private readonly sends: BackgroundCalls;
+
   constructor(
     private readonly queue: QueueProducer,
-    private readonly binding: string,
-  ) {}
+    binding: string,
+  ) {
+    this.sends = new BackgroundCalls(`usage queue ${binding}:`, false);
+  }
 
   emit(event: UsageEvent): void {
-    this.queue.send(event).catch((err: unknown) => console.error(`sluice: usage queue ${this.binding}: ${String(err)}`));
+    this.sends.send("send", () => this.queue.send(event));
+  }
+
+  /** Resolves when every event emitted so far has been sent (or has failed and been logged). */
+  flush(): Promise<void> {
+    return this.sends.flush();
   }
 }
 

@@ -30,19 +30,30 @@ function roundRobin(cursor: { next: number }): Strategy {
   return (c) => c[cursor.next++ % c.length]!;
 }
 
+/** Backends whose average time to first byte is within this share of the fastest's (or LATENCY_NOISE_MS) count as equally fast. */
+const LATENCY_TOLERANCE = 0.25;
+const LATENCY_NOISE_MS = 25;
+
 /**
- * Lowest moving-average time to first byte. Unmeasured backends go first, and a share of
- * requests explores at random so that a backend that was slow is measured again after it
- * recovers.
+ * Lowest moving-average time to first byte. Unmeasured backends go first; backends within noise
+ * of the fastest share the traffic at random (two equal deployments split evenly instead of one
+ * winning on a jitter); and a share of requests explores at random so that a backend that was
+ * slow is measured again after it recovers.
  */
 const latency: Strategy = (c, ctx) => {
   if (c.length > 1 && ctx.random() < ctx.latencyExploration) return random(c, ctx);
-  let best = c[0]!;
+  let fastest = Number.POSITIVE_INFINITY;
   for (const b of c) {
-    if (b.live.ttfbMs === undefined) return b;
-    if (b.live.ttfbMs < best.live.ttfbMs!) best = b;
+    const t = b.live.ttfbMs;
+    if (t === undefined) return b;
+    if (t < fastest) fastest = t;
   }
-  return best;
+  const limit = Math.max(fastest * (1 + LATENCY_TOLERANCE), fastest + LATENCY_NOISE_MS);
+  let near = 0;
+  for (const b of c) if (b.live.ttfbMs! <= limit) near++;
+  let pick = Math.floor(ctx.random() * near);
+  for (const b of c) if (b.live.ttfbMs! <= limit && pick-- === 0) return b;
+  return c[0]!;
 };
 
 /** A strategy instance; round-robin keeps its own cursor, so make one per priority group. */

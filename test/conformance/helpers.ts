@@ -265,9 +265,6 @@ export function pathWithQuery(r: SimRequest): string {
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Waits until the wall clock reaches `epochMs` (for behaviour that is defined by time, such as a cooldown's end). */
-export const sleepUntil = (epochMs: number): Promise<void> => sleep(Math.max(0, epochMs - Date.now()));
-
 /**
  * Calls `probe` until it returns something other than undefined/false, or the deadline passes
  * (then throws, naming `what` and the last value seen).

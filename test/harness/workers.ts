@@ -28,6 +28,8 @@ export function bundleWorker(): Promise<string> {
 }
 
 export const COMPATIBILITY_DATE = "2026-04-01";
+/** The compatibility flags wrangler.toml sets: request.signal aborts when the client goes away. */
+export const COMPATIBILITY_FLAGS = ["enable_request_signal"];
 /** The scheduler object as wrangler.toml binds it (SQLite-backed, as new_sqlite_classes declares). */
 export const SCHEDULER_CLASS = { className: "SchedulerObject", useSQLite: true } as const;
 /** The limiter object as wrangler.toml binds it (SQLite-backed, as new_sqlite_classes declares). */
@@ -39,6 +41,7 @@ export const startWorkersGateway: StartGateway = async (input) => {
   const mf = new Miniflare({
     modules: [{ type: "ESModule", path: "worker.js", contents }],
     compatibilityDate: COMPATIBILITY_DATE,
+    compatibilityFlags: COMPATIBILITY_FLAGS,
     // Usage events on the console would flood the test output; tests that read them name a sink.
     bindings: { SLUICE_CONFIG: JSON.stringify({ metering: { sinks: [] }, ...input }) },
     durableObjects: { SCHEDULER: SCHEDULER_CLASS, LIMITER: LIMITER_CLASS },

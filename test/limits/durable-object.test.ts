@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import type { Admission, LimitScope, RateLimiter, Reservation } from "../../src/governance/limits.ts";
-import { bundleForWorkers, bundleWorker, COMPATIBILITY_DATE, LIMITER_CLASS, SCHEDULER_CLASS, startWorkersGateway } from "../harness/workers.ts";
+import { bundleForWorkers, bundleWorker, COMPATIBILITY_DATE, COMPATIBILITY_FLAGS, LIMITER_CLASS, SCHEDULER_CLASS, startWorkersGateway } from "../harness/workers.ts";
 import type { GatewayUnderTest } from "../harness/types.ts";
 import { limiterConformance, type LimiterUnderTest } from "./limiter-suite.ts";
 
@@ -220,6 +220,7 @@ describe("durable object limiter: the gateway Worker", () => {
       name,
       modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
       compatibilityDate: COMPATIBILITY_DATE,
+      compatibilityFlags: COMPATIBILITY_FLAGS,
       bindings: { SLUICE_CONFIG: JSON.stringify(config) },
       durableObjects: {
         SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS,

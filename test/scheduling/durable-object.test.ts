@@ -10,7 +10,7 @@ import { startSimulator, type RunningSimulator } from "../../adapters/node/simul
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import type { ClientSignal } from "../../src/proxy/attempt.ts";
 import type { Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "../../src/scheduling/port.ts";
-import { bundleForWorkers, bundleWorker, COMPATIBILITY_DATE, SCHEDULER_CLASS } from "../harness/workers.ts";
+import { bundleForWorkers, bundleWorker, COMPATIBILITY_DATE, COMPATIBILITY_FLAGS, SCHEDULER_CLASS } from "../harness/workers.ts";
 import { schedulerConformance } from "./scheduler-suite.ts";
 
 /**
@@ -151,6 +151,7 @@ describe("durable object scheduler: one queue for every isolate", () => {
       name,
       modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
       compatibilityDate: COMPATIBILITY_DATE,
+      compatibilityFlags: COMPATIBILITY_FLAGS,
       bindings: { SLUICE_CONFIG: JSON.stringify(config) },
       durableObjects: { SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS },
     });
