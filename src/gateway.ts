@@ -5,6 +5,7 @@ import { Authenticator } from "./governance/identity.ts";
 import type { RateLimiter } from "./governance/limits.ts";
 import { FanOutSink, type UsageSink } from "./metering/events.ts";
 import { mountOps } from "./ops.ts";
+import { readBodyWithin } from "./pipeline/body.ts";
 import { runExchange, type PipelineContext } from "./pipeline/run.ts";
 import { resolvePriority } from "./priority.ts";
 import { webUpstream, type UpstreamFetch } from "./proxy/attempt.ts";
@@ -12,6 +13,8 @@ import { BackendPool } from "./routing/pool.ts";
 import { createRuntime, type GatewayRuntime } from "./runtime.ts";
 import type { Scheduler } from "./scheduling/port.ts";
 import type { BodyBytes, ClientSignal } from "./types.ts";
+
+export { BodyTooLarge } from "./pipeline/body.ts";
 
 export interface GatewayOptions {
   config: SluiceConfig;
@@ -22,8 +25,8 @@ export interface GatewayOptions {
   runtime?: GatewayRuntime;
   /** How backends are called: the global fetch by default, a pooled client on Node. */
   upstream?: UpstreamFetch;
-  /** Reads the request body; an adapter may read it more cheaply than Request.arrayBuffer(). */
-  readBody?: (request: Request, env: unknown) => Promise<BodyBytes>;
+  /** Reads the request body, never holding more than `limit` bytes (else throws BodyTooLarge); an adapter may read it more cheaply than the Web stream. */
+  readBody?: (request: Request, env: unknown, limit: number) => Promise<BodyBytes>;
   /** Aborts when the client goes away; an adapter may make it more cheaply than Request.signal. */
   clientSignal?: (request: Request, env: unknown) => ClientSignal | undefined;
   now?: () => number;
@@ -47,8 +50,6 @@ export interface Gateway {
   runtime: GatewayRuntime;
 }
 
-const readRequestBody = async (request: Request): Promise<BodyBytes> => new Uint8Array(await request.arrayBuffer());
-
 /** The gateway for one config version: wires the pipeline and the gateway's own endpoints into one Hono app, the same on every runtime. */
 export function createGateway(options: GatewayOptions): Gateway {
   const config = options.config;
@@ -66,7 +67,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     sink: new FanOutSink([runtime.metrics, ...(options.usageSinks ?? [])]),
     authenticator: new Authenticator(config, config.auth.jwt ? runtime.jwtVerifier(config.auth.jwt) : undefined),
     now,
-    readBody: options.readBody ?? readRequestBody,
+    readBody: options.readBody ?? ((request, _env, limit) => readBodyWithin(request, limit)),
     clientSignal: options.clientSignal ?? ((request: Request) => request.signal),
     stripHeaders: new Set(config.headerPolicy.strip.map((h) => h.toLowerCase())),
     defaultLevel: resolvePriority(config.priorities.default, config.priorities.levels)!,

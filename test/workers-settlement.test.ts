@@ -174,6 +174,8 @@ describe("Workers (miniflare): a client that leaves mid-stream", () => {
     const gw = await startGateway({
       backends: [{ name: "b1", url: sim.url, kind: "openai", models: [MODEL], maxConcurrency: 1, auth: { type: "none" } }],
       limits: { perCaller: { tokensPerMinute: budget } },
+      // One failure opens the circuit: a client leaving must not count as the backend failing.
+      resilience: { breaker: { failureThreshold: 1 } },
       metering: { sinks: [{ type: "console" }, { type: "queue", binding: "USAGE" }] },
     });
     closers.push(() => gw.close());
@@ -187,6 +189,8 @@ describe("Workers (miniflare): a client that leaves mid-stream", () => {
     expect(event!.totalTokens).toBeLessThan(100);
     await until("the usage event through the queue", () => gw.events.of(gw.events.queued, left.requestId).length > 0, 5000);
     await until("the simulator to see its response cancelled", () => sim.sim.stats().cancelled === 1, 5000);
+    const health = (await (await fetch(`${gw.url}/_gateway/health`)).json()) as { backends: Array<{ name: string; breaker: string }> };
+    expect(health.backends.find((b) => b.name === "b1")?.breaker).toBe("closed");
 
     // The lease went back: the one-slot backend serves the next request without a wait.
     const streaming = await fetch(`${gw.url}/v1/chat/completions`, {

@@ -3,6 +3,7 @@ import type { AddressInfo, Socket } from "node:net";
 import { serve } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
+import { BodyTooLarge, checkDeclaredLength, readBodyWithin } from "../../src/pipeline/body.ts";
 import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
@@ -26,10 +27,11 @@ export interface RunningGateway {
  * @hono/node-server builds costs most of a request's time (measured: 29k → 6.4k requests/s
  * for an app that only reads the body).
  */
-export function readIncomingBody(request: Request, env: unknown): Promise<BodyBytes> {
+export function readIncomingBody(request: Request, env: unknown, limit: number): Promise<BodyBytes> {
   const incoming = (env as { incoming?: IncomingMessage } | undefined)?.incoming;
-  if (!incoming || incoming.readableEnded || incoming.readableDidRead) return request.arrayBuffer().then((b) => new Uint8Array(b));
-  return readWhole(incoming);
+  if (!incoming || incoming.readableEnded || incoming.readableDidRead) return readBodyWithin(request, limit);
+  checkDeclaredLength(request.headers, limit);
+  return readWhole(incoming, limit, () => new BodyTooLarge(limit));
 }
 
 /**

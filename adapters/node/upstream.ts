@@ -2,7 +2,8 @@ import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
 import type { HeaderSource } from "../../src/http/headers.ts";
-import { UpstreamTimeout, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "../../src/proxy/attempt.ts";
+import { UpstreamIdle, UpstreamTimeout, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "../../src/proxy/attempt.ts";
+import { MAX_TIMER_MS } from "../../src/timers.ts";
 
 /** Statuses whose responses carry no body. */
 const NULL_BODY = new Set([204, 205, 304]);
@@ -48,17 +49,55 @@ function webBody(body: Readable): ReadableStream<Uint8Array> {
   );
 }
 
-/** A Node stream's bytes, whole: one chunk as it is, several joined once. */
-export function readWhole(body: Readable): Promise<BodyBytes> {
+/**
+ * A Node stream's bytes, whole: one chunk as it is, several joined once. Past `limit` bytes it
+ * stops holding them and rejects with `tooLarge()` (what is still sent is read and dropped).
+ */
+export function readWhole(body: Readable, limit = Number.POSITIVE_INFINITY, tooLarge?: () => Error): Promise<BodyBytes> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let length = 0;
     body.on("data", (chunk: Buffer) => {
-      chunks.push(chunk);
       length += chunk.length;
+      if (length > limit) {
+        if (chunks.length) chunks.length = 0;
+        body.removeAllListeners("end");
+        reject(tooLarge ? tooLarge() : new Error(`body over ${limit} bytes`));
+        return;
+      }
+      chunks.push(chunk);
     });
     body.once("end", () => resolve((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length)) as unknown as BodyBytes));
     body.once("error", reject);
+  });
+}
+
+/**
+ * A small answer read whole, but never waited on for longer than `idleMs` between bytes: a
+ * backend that sends its headers and then nothing is failed over like a timeout (UpstreamIdle).
+ */
+function readWholeWithin(body: Readable, idleMs: number): Promise<BodyBytes> {
+  return new Promise((resolve, reject) => {
+    const ms = Math.min(MAX_TIMER_MS, idleMs);
+    let timer = setTimeout(onIdle, ms);
+    function onIdle() {
+      body.destroy();
+      reject(new UpstreamIdle(idleMs));
+    }
+    body.on("data", () => {
+      clearTimeout(timer);
+      timer = setTimeout(onIdle, ms);
+    });
+    readWhole(body).then(
+      (bytes) => {
+        clearTimeout(timer);
+        resolve(bytes);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
   });
 }
 
@@ -187,7 +226,7 @@ export function createUpstreamClient(options: { connectionsPerOrigin?: number } 
       return { status, headers: responseHeaders, body: null };
     }
     if (isSmallWholeBody(res.headers)) {
-      return { status, headers: responseHeaders, body: null, wholeBody: await readWhole(res.body) };
+      return { status, headers: responseHeaders, body: null, wholeBody: await readWholeWithin(res.body, r.idleTimeoutMs) };
     }
     return { status, headers: responseHeaders, body: webBody(res.body) };
   };

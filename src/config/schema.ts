@@ -8,6 +8,18 @@ import { z } from "zod";
 
 const priorityRef = z.union([z.string().min(1), z.number().int()]);
 
+const DAY_MS = 86_400_000;
+/**
+ * A duration in ms, bounded: every duration ends up in a timer or in date arithmetic, and an
+ * absurd one (above `max`) is refused naming the field rather than overflowing a 32-bit timer.
+ */
+const durationMs = (max: number, min = 1) =>
+  z
+    .number()
+    .int()
+    .min(min)
+    .max(max, { error: `at most ${max} ms (${max >= DAY_MS ? `${max / DAY_MS} day(s)` : max >= 3_600_000 ? `${max / 3_600_000} h` : `${max / 60_000} min`})` });
+
 const modelEntry = z.union([
   z.string().min(1).describe("A model name the backend serves under the same name."),
   z
@@ -72,12 +84,10 @@ const backend = z
       .positive()
       .optional()
       .describe("In-flight requests allowed at once. Default: unlimited."),
-    timeoutMs: z
-      .number()
-      .int()
-      .positive()
+    timeoutMs: durationMs(DAY_MS).optional().describe("Per-attempt time allowed until response headers. Default: resilience.timeoutMs."),
+    idleTimeoutMs: durationMs(DAY_MS)
       .optional()
-      .describe("Per-attempt time allowed until response headers. Default: resilience.timeoutMs."),
+      .describe("Longest silence allowed between body bytes once headers arrived. Default: resilience.idleTimeoutMs."),
     apiVersion: z
       .string()
       .optional()
@@ -156,13 +166,15 @@ const resilience = z
       .array(z.number().int().min(100).max(599))
       .default([429, 503])
       .describe("Statuses that put the backend in cooldown (from Retry-After and friends, else defaultCooldownMs)."),
-    defaultCooldownMs: z
-      .number()
-      .int()
-      .nonnegative()
+    defaultCooldownMs: durationMs(DAY_MS, 0)
       .default(10_000)
       .describe("Cooldown after a 429/503 that carries no retry header."),
-    timeoutMs: z.number().int().positive().default(30_000).describe("Default per-attempt timeout until response headers."),
+    timeoutMs: durationMs(DAY_MS).default(30_000).describe("Default per-attempt timeout until response headers."),
+    idleTimeoutMs: durationMs(DAY_MS)
+      .default(60_000)
+      .describe(
+        "Longest silence between body bytes once a backend's headers arrived. Before the first body byte it fails over like a timeout; after, a stream ends with the SSE error event and the lease is released. 60 s leaves room for reasoning models that think before their first token while no slot is ever held by a silent backend.",
+      ),
     maxAttempts: z.number().int().positive().optional().describe("Attempts per request. Default: every eligible backend once."),
     breaker: breaker.prefault({}),
   })
@@ -201,10 +213,7 @@ const priorities = z
 
 const scheduling = z
   .object({
-    defaultTtlMs: z
-      .number()
-      .int()
-      .positive()
+    defaultTtlMs: durationMs(DAY_MS)
       .default(120_000)
       .describe("How long a request may wait for a backend when it sends no S7PTTL header; past it: 412."),
     maxQueue: z.number().int().nonnegative().default(10_000).describe("Requests waiting at once, all priorities; beyond it: 429."),
@@ -218,7 +227,7 @@ const scheduling = z
       .max(1)
       .default(0.1)
       .describe("Dispatches a less urgent level gets for each one of a more urgent level while both wait (0.1: about one in eleven)."),
-    queueFullRetryMs: z.number().int().nonnegative().default(1000).describe("Retry-After sent with a queue-full 429."),
+    queueFullRetryMs: durationMs(3_600_000, 0).default(1000).describe("Retry-After sent with a queue-full 429."),
     maxRequeues: z.number().int().nonnegative().default(10).describe("Times one request may go back to the queue after S7PREQUEUE throttles."),
   })
   .strict();
@@ -336,12 +345,18 @@ const server = z
   .object({
     host: z.string().default("0.0.0.0").describe("Address the Node server listens on."),
     port: z.number().int().min(0).max(65535).default(8000).describe("Port the Node server listens on."),
-    shutdownGraceMs: z
-      .number()
-      .int()
-      .nonnegative()
+    shutdownGraceMs: durationMs(3_600_000, 0)
       .default(30_000)
       .describe("On SIGTERM: time in-flight requests get to finish before connections are closed."),
+    maxBodyBytes: z
+      .number()
+      .int()
+      .min(1)
+      .max(1024 * 1024 * 1024, { error: "at most 1 GiB" })
+      .default(32 * 1024 * 1024)
+      .describe(
+        "Largest request body accepted, on every runtime; a bigger one is 413 before any backend is contacted, and is never read past the limit. 32 MiB holds a chat request with several base64 images (OpenAI allows 20 MB per image).",
+      ),
   })
   .strict();
 
@@ -373,7 +388,7 @@ export const configSchema = z
               url: z
                 .url({ protocol: /^https?$/, error: "use an http:// or https:// URL" })
                 .describe("An http(s) URL answering the JSON document, polled (a conditional GET when the server sends an ETag)."),
-              pollMs: z.number().int().min(100).default(30_000).describe("How often the URL is polled."),
+              pollMs: durationMs(DAY_MS, 100).default(30_000).describe("How often the URL is polled."),
             })
             .strict(),
         ],

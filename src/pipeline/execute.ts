@@ -1,7 +1,8 @@
 import type { Classified } from "../classify.ts";
 import type { SluiceConfig } from "../config/schema.ts";
 import type { AttemptRecord } from "../http/errors.ts";
-import { sendAttempt, type UpstreamFetch, type UpstreamResponse } from "../proxy/attempt.ts";
+import { sendAttempt, UpstreamIdle, type UpstreamFetch, type UpstreamResponse } from "../proxy/attempt.ts";
+import { readWithin } from "../proxy/idle-watch.ts";
 import type { Backend } from "../routing/backend.ts";
 import type { QueuePlace, Scheduler, SlotDecision } from "../scheduling/port.ts";
 import type { ClientSignal } from "../types.ts";
@@ -25,8 +26,11 @@ export interface ExecuteInput {
 
 /** How the attempt loop ended. */
 export type Executed =
-  /** A backend answered with something to pass on; the exchange still holds its lease. */
-  | { kind: "answer"; upstream: UpstreamResponse; backend: Backend; ttfbMs: number; attempts: AttemptRecord[] }
+  /**
+   * A backend answered with something to pass on; the exchange still holds its lease. A body
+   * that streams comes as its reader and its first read, taken within the idle timeout.
+   */
+  | { kind: "answer"; upstream: UpstreamResponse; backend: Backend; ttfbMs: number; attempts: AttemptRecord[]; body?: { reader: ReadableStreamDefaultReader<Uint8Array>; first: ReadableStreamReadResult<Uint8Array> } }
   /** No backend answered: the scheduler's verdict, or every attempt failed. */
   | { kind: "exhausted"; decision: Exclude<SlotDecision, { kind: "granted" | "cancelled" }> | { kind: "tried-all"; retryAfterMs?: number }; attempts: AttemptRecord[] }
   /** The client went away. */
@@ -88,11 +92,19 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
     const pending = backend.credentials.ready();
     if (pending) await pending;
 
+    /** The attempt failed without an answer to pass on: its backend is not tried again for this request. */
+    const failed = (a: { status: number; error: string; ms: number }) => {
+      ex.endAttempt({ verdict: "failure" });
+      roundCooling = false;
+      attempts.push({ backend: backend.name, ...a });
+      tried.push(backend.name);
+      budget--;
+    };
     const send = () =>
       sendAttempt(
         ctx.upstream,
         target.url,
-        { method: input.method, headers: attemptHeaders(plan, target, cls.priority, ex.requestId, policyCycle), body: target.body, signal: input.signal, timeoutMs: backend.timeoutMs },
+        { method: input.method, headers: attemptHeaders(plan, target, cls.priority, ex.requestId, policyCycle), body: target.body, signal: input.signal, timeoutMs: backend.timeoutMs, idleTimeoutMs: backend.idleTimeoutMs },
         now,
       );
     let outcome = await send();
@@ -107,21 +119,32 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
       return { kind: "client-gone", attempts };
     }
     if (outcome.kind === "timeout" || outcome.kind === "network") {
-      ex.endAttempt({ verdict: "failure" });
-      roundCooling = false;
-      attempts.push(
-        outcome.kind === "timeout"
-          ? { backend: backend.name, status: 504, error: `timed out after ${outcome.ms} ms waiting for headers`, ms: outcome.ms }
-          : { backend: backend.name, status: 502, error: outcome.error, ms: outcome.ms },
-      );
-      tried.push(backend.name);
-      budget--;
+      failed(outcome.kind === "timeout" ? { status: 504, error: `timed out after ${outcome.ms} ms waiting for ${outcome.waitingFor === "headers" ? "headers" : "a body byte"}`, ms: outcome.ms } : { status: 502, error: outcome.error, ms: outcome.ms });
       continue;
     }
 
     const upstream = outcome.response;
     const status = upstream.status;
-    if (!res.failoverOn.includes(status)) return { kind: "answer", upstream, backend, ttfbMs: outcome.ttfbMs, attempts };
+    if (!res.failoverOn.includes(status)) {
+      if (!upstream.body || upstream.wholeBody) return { kind: "answer", upstream, backend, ttfbMs: outcome.ttfbMs, attempts };
+      // Nothing is relayed before the first body byte: a backend silent after its headers (or
+      // reset before a byte) is failed over like a timeout, and the client never saw it.
+      const reader = upstream.body.getReader();
+      const sentAt = now();
+      try {
+        const first = await readWithin(reader, backend.idleTimeoutMs, now);
+        return { kind: "answer", upstream, backend, ttfbMs: outcome.ttfbMs, attempts, body: { reader, first } };
+      } catch (err) {
+        reader.cancel().catch(() => undefined);
+        if (input.signal?.aborted) {
+          ex.backend = backend.name;
+          return { kind: "client-gone", attempts };
+        }
+        const ms = outcome.ttfbMs + now() - sentAt;
+        failed(err instanceof UpstreamIdle ? { status: 504, error: `no body byte within ${backend.idleTimeoutMs} ms after the headers`, ms } : { status: 502, error: `the body failed before its first byte: ${(err as Error).message}`, ms });
+        continue;
+      }
+    }
 
     const hint = upstream.wholeBody && upstream.wholeBody.byteLength <= HINT_BODY_MAX ? decoder.decode(upstream.wholeBody) : undefined;
     upstream.body?.cancel().catch(() => undefined);

@@ -45,6 +45,8 @@ export function refuse(ex: Exchange, api: ApiKind, r: Refusal, extra?: Record<st
 export function unanswered(ex: Exchange, api: ApiKind, executed: Exclude<Executed, { kind: "answer" }>, extra?: Record<string, string>): Response {
   ex.attempts = executed.attempts.length;
   if (executed.kind === "client-gone") {
+    // The attempt the client left during counts too.
+    if (ex.backend !== null) ex.attempts++;
     ex.truncated = ex.backend !== null;
     return new Response(null, { status: CLIENT_GONE });
   }
@@ -104,10 +106,12 @@ export function answer(ex: Exchange, executed: Extract<Executed, { kind: "answer
     return new Response(upstream.wholeBody, init);
   }
   if (NULL_BODY.has(status) || !upstream.body) {
-    upstream.body?.cancel().catch(() => undefined);
+    if (executed.body) executed.body.reader.cancel().catch(() => undefined);
+    else upstream.body?.cancel().catch(() => undefined);
     finish("complete");
     return new Response(null, init);
   }
   ex.relaying = true;
-  return new Response(relay(upstream.body, { sse, api: o.cls.api, backend: backend.name, tap: meter, onEnd: finish }), init);
+  const source = executed.body?.reader ?? upstream.body;
+  return new Response(relay(source, { sse, api: o.cls.api, backend: backend.name, tap: meter, idleMs: backend.idleTimeoutMs, first: executed.body?.first, onEnd: finish }), init);
 }

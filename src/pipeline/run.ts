@@ -13,6 +13,7 @@ import type { Scheduler } from "../scheduling/port.ts";
 import { ttlDeadline } from "../scheduling/ttl.ts";
 import type { ApiKind, BodyBytes, ClientSignal } from "../types.ts";
 import { admit } from "./admit.ts";
+import { BodyTooLarge } from "./body.ts";
 import { Exchange } from "./exchange.ts";
 import { execute } from "./execute.ts";
 import { plan } from "./plan.ts";
@@ -28,7 +29,7 @@ export interface PipelineContext {
   sink: UsageSink;
   authenticator: Authenticator;
   now: () => number;
-  readBody: (request: Request, env: unknown) => Promise<BodyBytes>;
+  readBody: (request: Request, env: unknown, limit: number) => Promise<BodyBytes>;
   clientSignal: (request: Request, env: unknown) => ClientSignal | undefined;
   stripHeaders: ReadonlySet<string>;
   defaultLevel: number;
@@ -63,6 +64,11 @@ export async function runExchange(ctx: PipelineContext, request: Request, env: u
       status = 400;
       return refuse(ex, api, { status, code: err.code, message: err.message });
     }
+    if (err instanceof BodyTooLarge) {
+      status = 413;
+      // The rest of the body is not read: the connection cannot be reused.
+      return refuse(ex, api, { status, code: "body_too_large", message: err.message, headers: { connection: "close" } });
+    }
     console.error(`sluice: unhandled error (request ${ex.requestId})`, err);
     return refuse(ex, api, { status: 500, code: "internal_error", message: "the gateway failed to handle this request" });
   } finally {
@@ -79,7 +85,7 @@ async function steps(ctx: PipelineContext, ex: Exchange, request: Request, env: 
   ex.app = identity.app;
   if (isModelListing(request.method, url.pathname)) return listModels(ctx, ex, identity, url.pathname);
 
-  const body = NO_BODY.has(request.method) ? null : await ctx.readBody(request, env);
+  const body = NO_BODY.has(request.method) ? null : await ctx.readBody(request, env, config.server.maxBodyBytes);
   const cls = classify(url.pathname, url, request.headers, body, config, identity.profile);
   classified(cls.api);
   ex.priority = cls.priority;

@@ -1,4 +1,7 @@
 import type { BodyBytes, ClientSignal, HeaderPairs, HeaderSource } from "../types.ts";
+import { UpstreamIdle } from "./idle-watch.ts";
+
+export { UpstreamIdle };
 
 export type { BodyBytes, ClientSignal };
 
@@ -10,6 +13,8 @@ export interface UpstreamRequest {
   signal?: ClientSignal;
   /** Time allowed until response headers; a long body is never cut by it. */
   timeoutMs: number;
+  /** Longest silence between body bytes; an adapter that reads a small body whole applies it there (rejecting with UpstreamIdle). */
+  idleTimeoutMs: number;
 }
 
 /** No response headers arrived within the attempt's timeout. */
@@ -63,7 +68,8 @@ export function webUpstream(fetchFn: typeof fetch = (input, init) => fetch(input
 
 export type AttemptOutcome =
   | { kind: "response"; response: UpstreamResponse; ttfbMs: number }
-  | { kind: "timeout"; ms: number }
+  /** No headers within the attempt's timeout, or (`body`) no body byte within the idle timeout. */
+  | { kind: "timeout"; ms: number; waitingFor: "headers" | "body" }
   | { kind: "network"; error: string; ms: number }
   | { kind: "client-gone" };
 
@@ -75,7 +81,8 @@ export async function sendAttempt(upstream: UpstreamFetch, url: string, request:
     const response = await upstream(url, request);
     return { kind: "response", response, ttfbMs: now() - started };
   } catch (err) {
-    if (err instanceof UpstreamTimeout) return { kind: "timeout", ms: now() - started };
+    if (err instanceof UpstreamTimeout) return { kind: "timeout", ms: now() - started, waitingFor: "headers" };
+    if (err instanceof UpstreamIdle) return { kind: "timeout", ms: now() - started, waitingFor: "body" };
     if (request.signal?.aborted) return { kind: "client-gone" };
     return { kind: "network", error: describe(err), ms: now() - started };
   }

@@ -1,4 +1,5 @@
 import { streamErrorEvent } from "../http/errors.ts";
+import { readWithin } from "./idle-watch.ts";
 import type { ApiKind } from "../types.ts";
 
 export type RelayEnd = "complete" | "error" | "cancel";
@@ -41,12 +42,22 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
-export function relay(
-  upstream: ReadableStream<Uint8Array>,
-  options: { sse: boolean; api: ApiKind; backend: string; tap?: BodyTap; onEnd: (how: RelayEnd) => void },
-): ReadableStream<Uint8Array> {
+export interface RelayOptions {
+  sse: boolean;
+  api: ApiKind;
+  backend: string;
+  tap?: BodyTap;
+  /** Longest silence allowed while waiting on the backend; past it the body ends as broken. */
+  idleMs: number;
+  /** A read already taken (the first, which the attempt loop waited for). */
+  first?: ReadableStreamReadResult<Uint8Array>;
+  onEnd: (how: RelayEnd) => void;
+}
+
+export function relay(upstream: ReadableStream<Uint8Array> | ReadableStreamDefaultReader<Uint8Array>, options: RelayOptions): ReadableStream<Uint8Array> {
   const tap = options.tap;
-  const reader = upstream.getReader();
+  const reader = upstream instanceof ReadableStream ? upstream.getReader() : upstream;
+  let first = options.first;
   let ended = false;
   /**
    * SSE: the start of an event whose end has not arrived. It is passed on with its end, so a
@@ -66,7 +77,10 @@ export function relay(
         for (;;) {
           let chunk: ReadableStreamReadResult<Uint8Array>;
           try {
-            chunk = await reader.read();
+            if (first) {
+              chunk = first;
+              first = undefined;
+            } else chunk = await readWithin(reader, options.idleMs);
           } catch (err) {
             end("error");
             if (options.sse) {

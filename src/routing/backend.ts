@@ -18,6 +18,8 @@ export class Backend {
   readonly group: number;
   readonly weight: number;
   readonly timeoutMs: number;
+  /** Longest silence between body bytes once headers arrived. */
+  readonly idleTimeoutMs: number;
   /** Base URL without a trailing slash. */
   readonly baseUrl: string;
   /** Also receives requests that name no model (paths other than the model APIs). */
@@ -41,6 +43,7 @@ export class Backend {
     this.group = config.group;
     this.weight = config.weight;
     this.timeoutMs = config.timeoutMs ?? cfg.resilience.timeoutMs;
+    this.idleTimeoutMs = config.idleTimeoutMs ?? cfg.resilience.idleTimeoutMs;
     this.baseUrl = config.url.replace(/\/+$/, "");
     this.passThrough = config.passThrough;
     this.live = store.attach({ name: config.name, maxConcurrency: config.maxConcurrency ?? Number.POSITIVE_INFINITY, breaker: cfg.resilience.breaker });

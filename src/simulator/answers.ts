@@ -73,9 +73,11 @@ function deliver(ex: Exchange, tokens: number, payload: Json | string[]): Respon
     headers.set("content-type", "application/json");
     const bytes = encoder.encode(JSON.stringify(payload));
     chunks = resetAfter !== undefined ? splitEven(bytes, resetAfter + 1) : [bytes];
+    // A stalled JSON answer still announces its length, as a real one would.
+    if (fault.stallAfter !== undefined) headers.set("content-length", String(bytes.byteLength));
   }
   for (const [k, v] of Object.entries(fault.headers ?? {})) headers.set(k, v);
-  const body = pacedBody(chunks, { paceMs: fault.paceMs ?? ex.state.paceMs, resetAfter, tracker: ex.state.trackBody() });
+  const body = pacedBody(chunks, { paceMs: fault.paceMs ?? ex.state.paceMs, resetAfter, stallAfter: fault.stallAfter, tracker: ex.state.trackBody() });
   return new Response(body, { status: 200, headers });
 }
 

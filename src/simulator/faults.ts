@@ -9,6 +9,7 @@ const faultSchema = z.strictObject({
   requeue: z.boolean().optional(),
   reset: z.union([z.literal("before-headers"), z.number().int().min(0)]).optional(),
   hang: z.boolean().optional(),
+  stallAfter: z.number().int().min(0).optional(),
   firstByteDelayMs: z.number().min(0).optional(),
   paceMs: z.number().min(0).optional(),
   chunks: z.number().int().min(0).max(100_000).optional(),

@@ -31,6 +31,8 @@ export interface PacedBodyOptions {
   paceMs: number;
   /** Error the stream once this many chunks were delivered (after all of them if larger). */
   resetAfter?: number;
+  /** After this many chunks, send nothing more until cancelled. */
+  stallAfter?: number;
   tracker: BodyTracker;
 }
 
@@ -40,7 +42,7 @@ export interface PacedBodyOptions {
  * and a reset never discards chunks already produced.
  */
 export function pacedBody(chunks: Uint8Array[], options: PacedBodyOptions): ReadableStream<Uint8Array> {
-  const { paceMs, resetAfter, tracker } = options;
+  const { paceMs, resetAfter, stallAfter, tracker } = options;
   const stop = new AbortController();
   let next = 0;
   let finished = false;
@@ -51,6 +53,10 @@ export function pacedBody(chunks: Uint8Array[], options: PacedBodyOptions): Read
         if (next > 0 && paceMs > 0 && (next < chunks.length || resetDue)) {
           await sleep(paceMs, stop.signal);
           if (finished) return;
+        }
+        if (stallAfter !== undefined && next >= stallAfter) {
+          await sleep(600_000, stop.signal);
+          return;
         }
         if (resetDue) {
           finished = true;

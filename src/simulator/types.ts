@@ -12,6 +12,8 @@ export interface Fault {
   reset?: "before-headers" | number;
   /** Never answer, until the client goes away (or 10 minutes pass). */
   hang?: boolean;
+  /** Send the headers (a JSON answer with its content-length) and this many body chunks, then nothing more until the client goes away. */
+  stallAfter?: number;
   /** Wait this long before sending headers. */
   firstByteDelayMs?: number;
   /** Delay between body chunks. */

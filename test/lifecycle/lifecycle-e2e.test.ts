@@ -5,56 +5,16 @@
  * count requests in flight at the backend, a small counting HTTP server); the gateway is the
  * Node server; clients are the global fetch.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { startGatewayServer, type RunningGateway } from "../../adapters/node/server.ts";
-import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
-import { parseConfig } from "../../src/config/load.ts";
+import { describe, expect, it } from "vitest";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
-import type { UsageEvent } from "../../src/metering/events.ts";
+import { chatBody, closeAfterEach, eventedGateway, onClose, post, sim } from "../harness/e2e.ts";
 import { until } from "../harness/until.ts";
 
-let closers: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  for (const close of closers.reverse()) await close().catch(() => undefined);
-  closers = [];
-});
-
-async function sim(name: string): Promise<RunningSimulator> {
-  const s = await startSimulator({ name });
-  closers.push(() => s.close());
-  return s;
-}
-
-interface Gw {
-  url: string;
-  running: RunningGateway;
-  events(): UsageEvent[];
-}
-
-async function gateway(input: SluiceConfigInput): Promise<Gw> {
-  const dir = mkdtempSync(join(tmpdir(), "sluice-lifecycle-"));
-  const file = join(dir, "usage.ndjson");
-  const running = await startGatewayServer(parseConfig({ ...input, metering: { sinks: [{ type: "file", path: file }] } }), { host: "127.0.0.1", port: 0 });
-  closers.push(async () => rmSync(dir, { recursive: true, force: true }));
-  closers.push(() => running.close(0));
-  const events = (): UsageEvent[] => {
-    try {
-      return readFileSync(file, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as UsageEvent);
-    } catch {
-      return [];
-    }
-  };
-  return { url: running.url, running, events };
-}
-
-const chat = (model = "gpt-4o") => JSON.stringify({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 8 });
-const post = (url: string, body: string, headers: Record<string, string> = {}) =>
-  fetch(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+closeAfterEach();
+const gateway = eventedGateway;
+const chat = chatBody;
 
 /** A real HTTP backend that answers every chat request after `holdMs`, counting how many it holds at once. */
 async function countingBackend(holdMs: number): Promise<{ url: string; peak(): number; total(): number }> {
@@ -74,7 +34,7 @@ async function countingBackend(holdMs: number): Promise<{ url: string; peak(): n
     }, holdMs);
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  closers.push(() => new Promise((r) => server.close(r)));
+  onClose(() => new Promise((r) => server.close(r)));
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, peak: () => peak, total: () => total };
 }
 
@@ -169,7 +129,7 @@ describe("backend state outlives config versions", () => {
     };
     const clients = Array.from({ length: 8 }, load);
     for (let n = 1; n <= 30; n++) {
-      const text = JSON.stringify({ ...config(n), metering: { sinks: [] } });
+      const text = JSON.stringify({ ...config(n), metering: gw.metering });
       const outcome = await gw.running.holder.apply({ text, version: `v${n}`, origin: "test" });
       expect(outcome.kind).toBe("swapped");
       await new Promise((r) => setTimeout(r, 10));
@@ -196,7 +156,7 @@ describe("backend state outlives config versions", () => {
     const b = await sim("b");
     const gw = await gateway({ backends: [{ name: "b", url: b.url, models: ["gpt-4o"] }] });
     for (let i = 0; i < 3; i++) await (await post(`${gw.url}/v1/chat/completions`, chat())).arrayBuffer();
-    await gw.running.holder.apply({ text: JSON.stringify({ metering: { sinks: [] }, scheduling: { maxQueue: 7 }, backends: [{ name: "b", url: b.url, models: ["gpt-4o"] }] }), version: "v2", origin: "test" });
+    await gw.running.holder.apply({ text: JSON.stringify({ metering: gw.metering, scheduling: { maxQueue: 7 }, backends: [{ name: "b", url: b.url, models: ["gpt-4o"] }] }), version: "v2", origin: "test" });
     await (await post(`${gw.url}/v1/chat/completions`, chat())).arrayBuffer();
     const text = await (await fetch(`${gw.url}/metrics`)).text();
     expect(text).toMatch(/^sluice_requests_total\{backend="b",status="200",priority="normal"\} 4$/m);

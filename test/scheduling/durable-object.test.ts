@@ -195,4 +195,60 @@ describe("durable object scheduler: one queue for every isolate", () => {
     const waitedLow = Math.max(...replies.filter((r) => r.label.startsWith("low")).map((r) => r.queueMs));
     expect(waitedLow).toBeGreaterThan(waitedHigh);
   });
+
+  it("with the config only in KV (and a KV profiles document), the object reads it as the Worker does: two isolates share one queue", async () => {
+    sim = await startSimulator({ name: "b1" });
+    // Each answer streams for ~300 ms: long enough that a second request let through at once would overlap it.
+    sim.sim.setAlways({ paceMs: 100, chunks: 3 });
+    const config = {
+      metering: { sinks: [] },
+      // Valid only with the profiles document: a reader that ignored it would refuse this config.
+      auth: { defaultProfile: "std" },
+      backends: [{ name: "b1", url: sim.url, kind: "openai", models: ["gpt-4o"], maxConcurrency: 1, auth: { type: "none" } }],
+      scheduling: { reservedShare: 0 },
+    };
+    const contents = await bundleWorker();
+    const worker = (name: string, scriptName?: string) => ({
+      name,
+      modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
+      compatibilityDate: COMPATIBILITY_DATE,
+      compatibilityFlags: COMPATIBILITY_FLAGS,
+      // No SLUICE_CONFIG: the config is in the namespace both scripts bind.
+      kvNamespaces: ["SLUICE_CONFIG_KV"],
+      bindings: { SLUICE_CONFIG_KV_TTL_MS: "200" },
+      durableObjects: { SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS },
+    });
+    // Two Worker scripts: two isolates, each with its own gateway, one SchedulerObject (in "a").
+    mf = new Miniflare({ workers: [worker("a"), worker("b", "a")] });
+    const kv = await mf.getKVNamespace("SLUICE_CONFIG_KV", "a");
+    await kv.put("config", JSON.stringify(config));
+    await kv.put("profiles", JSON.stringify({ profiles: { std: { models: ["gpt-4o"] } } }));
+    const [a, b] = await Promise.all([mf.getWorker("a"), mf.getWorker("b")]);
+
+    let maxOpen = 0;
+    const sampler = setInterval(() => (maxOpen = Math.max(maxOpen, sim!.sim.stats().open)), 2);
+    try {
+      const send = (via: typeof a, label: string) =>
+        via
+          .fetch("http://gateway.local/v1/chat/completions", {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ model: "gpt-4o", stream: true, messages: [{ role: "user", content: label }] }),
+          })
+          .then(async (r) => ({ label, status: r.status, text: await r.text() }));
+      const replies = await Promise.all([send(a, "a-1"), send(b, "b-1"), send(a, "a-2"), send(b, "b-2")]);
+      for (const r of replies) expect(r.status, `${r.label}: ${r.text.slice(0, 300)}`).toBe(200);
+    } finally {
+      clearInterval(sampler);
+    }
+    const requests = sim.sim.stats().requests;
+    expect(requests).toHaveLength(4);
+    // maxConcurrency 1 held across both isolates, counted at the backend.
+    expect(maxOpen).toBe(1);
+    for (let i = 1; i < requests.length; i++) expect(requests[i]!.at - requests[i - 1]!.at).toBeGreaterThanOrEqual(190);
+
+    // Both isolates report the one queue's view of b1, from the object.
+    const health = (await (await b.fetch("http://gateway.local/_gateway/health")).json()) as { backends: Array<{ name: string; inFlight: number }>; config: { version: string } };
+    expect(health.backends.map((x) => [x.name, x.inFlight])).toEqual([["b1", 0]]);
+  });
 });

@@ -5,42 +5,15 @@
  * half-open) wakes the queue; a backend coming back gets one probe first; priority order holds
  * at a cooldown's end; queue time is counted once. What is asserted is counted at the backend.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { startGatewayServer } from "../../adapters/node/server.ts";
-import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
-import { parseConfig } from "../../src/config/load.ts";
+import { describe, expect, it } from "vitest";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
-import type { UsageEvent } from "../../src/metering/events.ts";
+import { closeAfterEach, eventedGateway, sim } from "../harness/e2e.ts";
 import { until } from "../harness/until.ts";
 
-let closers: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  for (const c of closers.reverse()) await c().catch(() => undefined);
-  closers = [];
-});
-
-async function sim(name: string): Promise<RunningSimulator> {
-  const s = await startSimulator({ name });
-  closers.push(() => s.close());
-  return s;
-}
+closeAfterEach();
 
 async function gateway(input: SluiceConfigInput) {
-  const dir = mkdtempSync(join(tmpdir(), "sluice-throttle-"));
-  const file = join(dir, "usage.ndjson");
-  const running = await startGatewayServer(parseConfig({ ...input, metering: { sinks: [{ type: "file", path: file }] } }), { host: "127.0.0.1", port: 0 });
-  closers.push(async () => rmSync(dir, { recursive: true, force: true }));
-  closers.push(() => running.close(0));
-  const events = (): UsageEvent[] => {
-    try {
-      return readFileSync(file, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as UsageEvent);
-    } catch {
-      return [];
-    }
-  };
+  const { running, events } = await eventedGateway(input);
   const chat = async (headers: Record<string, string> = {}) => {
     const started = Date.now();
     const r = await fetch(`${running.url}/v1/chat/completions`, {
