@@ -4,7 +4,7 @@
  * lease released; the upstream response cancelled), and usage events sent to a Workers Queue
  * all reach its consumer.
  */
-import { createServer, request as httpRequest, type Server } from "node:http";
+import { createServer, request as httpRequest, type ClientRequest, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Readable } from "node:stream";
 import { Miniflare } from "miniflare";
@@ -60,7 +60,7 @@ interface Setup {
 }
 
 /** The gateway Worker with the Durable Objects wrangler.toml binds and a USAGE queue whose consumer reports to this process. */
-async function startGateway(config: SluiceConfigInput): Promise<Setup> {
+async function startGateway(config: SluiceConfigInput, bindings: Record<string, string> = {}): Promise<Setup> {
   const events = new Events();
   const collector: Server = createServer((req, res) => {
     let body = "";
@@ -86,7 +86,7 @@ async function startGateway(config: SluiceConfigInput): Promise<Setup> {
         modules: [{ type: "ESModule", path: "worker.js", contents: await bundleWorker() }],
         compatibilityDate: COMPATIBILITY_DATE,
         compatibilityFlags: COMPATIBILITY_FLAGS,
-        bindings: { SLUICE_CONFIG: JSON.stringify(config) },
+        bindings: { SLUICE_CONFIG: JSON.stringify(config), ...bindings },
         durableObjects: { SCHEDULER: SCHEDULER_CLASS, LIMITER: LIMITER_CLASS },
         queueProducers: { USAGE: { queueName: "usage" } },
       },
@@ -124,18 +124,40 @@ const estimate = (body: string) => Math.ceil(Buffer.byteLength(body) / 4) + MAX_
  * body chunk: the socket is destroyed. Resolves with the response's request id.
  */
 function leaveAfterFirstChunk(url: string, fault: Record<string, unknown>): Promise<{ requestId: string; status: number }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(`${url}/v1/chat/completions`, {
-      method: "POST",
-      agent: false,
-      headers: { "content-type": "application/json", "x-sim-fault": JSON.stringify(fault) },
-    });
+  return leave(url, fault, (req, resolve) => {
     req.on("response", (res) => {
       res.once("data", () => {
         req.destroy();
         resolve({ requestId: String(res.headers["x-request-id"]), status: res.statusCode ?? 0 });
       });
     });
+  });
+}
+
+/** A streamed request with the given request id whose client leaves after `ms`, before any response. */
+function leaveAfter(url: string, fault: Record<string, unknown>, requestId: string, ms: number): Promise<{ requestId: string; status: number }> {
+  return leave(url, fault, (req, resolve) => {
+    req.setHeader("x-request-id", requestId);
+    req.on("response", (res) => resolve({ requestId, status: res.statusCode ?? 0 }));
+    setTimeout(() => {
+      req.destroy();
+      resolve({ requestId, status: 0 });
+    }, ms);
+  });
+}
+
+function leave(
+  url: string,
+  fault: Record<string, unknown>,
+  wire: (req: ClientRequest, resolve: (v: { requestId: string; status: number }) => void) => void,
+): Promise<{ requestId: string; status: number }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${url}/v1/chat/completions`, {
+      method: "POST",
+      agent: false,
+      headers: { "content-type": "application/json", "x-sim-fault": JSON.stringify(fault) },
+    });
+    wire(req, resolve);
     req.on("error", (err) => {
       if (!req.destroyed) reject(err);
     });
@@ -215,6 +237,43 @@ describe("Workers (miniflare): a client that leaves mid-stream", () => {
     const metrics = await (await fetch(`${gw.url}/metrics`)).text();
     const answered = metrics.split("\n").filter((l) => l.startsWith("sluice_requests_total{") && l.includes('backend="b1"'));
     expect(answered.reduce((n, l) => n + Number(l.split(" ").pop()), 0)).toBe(3);
+  });
+
+  it("left while queued: workerd does not tell the Worker; the answer's body is left untaken, and after SLUICE_CLIENT_STALL_MS the exchange settles as gone", async () => {
+    const sim: RunningSimulator = await startSimulator({ name: "b1" });
+    closers.push(() => sim.close());
+    const gw = await startGateway(
+      {
+        backends: [{ name: "b1", url: sim.url, kind: "openai", models: [MODEL], maxConcurrency: 1, auth: { type: "none" } }],
+        metering: { sinks: [{ type: "console" }] },
+      },
+      { SLUICE_CLIENT_STALL_MS: "1000" },
+    );
+    closers.push(() => gw.close());
+
+    // The first request holds the one slot for ~2 s; the second waits behind it, and its client leaves after 300 ms.
+    const holding = fetch(`${gw.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-sim-fault": JSON.stringify({ paceMs: 200, chunks: 10 }) },
+      body: streamBody,
+    }).then((r) => r.text());
+    await until("the first request at the backend", () => sim.sim.stats().received === 1);
+    const left = await leaveAfter(gw.url, { paceMs: 200, chunks: 10 }, "left-while-queued", 300);
+    expect(left.status, "no response before the client left").toBe(0);
+    await holding;
+    const served = Date.now();
+    // workerd's HTTP server saw nothing: the request was served when the slot came free, to a client long gone.
+    const [event] = await until("the usage event of the request that left", () => gw.events.of(gw.events.console, left.requestId).length > 0 && gw.events.of(gw.events.console, left.requestId), 5000);
+    expect(event).toMatchObject({ backend: "b1", truncated: true });
+    expect(Date.now() - served).toBeLessThan(3000);
+    await until("the simulator to see its response cancelled", () => sim.sim.stats().cancelled === 1, 5000);
+    // The slot went back.
+    const next = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: plainBody, signal: AbortSignal.timeout(5000) });
+    expect(next.status).toBe(200);
+    expect(Number(next.headers.get("x-sluice-queue-ms"))).toBeLessThan(150);
+    await next.text();
+    await sleep(300);
+    expect(gw.events.of(gw.events.console, left.requestId)).toHaveLength(1);
   });
 });
 

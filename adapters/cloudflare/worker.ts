@@ -4,7 +4,7 @@ import { createGateway, type Gateway } from "../../src/gateway.ts";
 import { createRuntime, type GatewayRuntime } from "../../src/runtime.ts";
 import { errorResponse } from "../../src/http/errors.ts";
 import { ConfigVersions, KV_PROFILES_KEY, KvReadError, type ConfigEnv, type ConfigVersion } from "./config-source.ts";
-import { keptAlive, type WorkerContext } from "./lifetime.ts";
+import { keptAlive, STALLED_BODY_MS, type WorkerContext } from "./lifetime.ts";
 import { DurableObjectRateLimiter, LIMITS_OBJECT, type LimiterNamespace } from "./limiter-client.ts";
 import { DurableObjectScheduler, poolKey, type SchedulerNamespace } from "./scheduler-client.ts";
 import { workerSinks } from "./sinks.ts";
@@ -23,6 +23,13 @@ export interface Env extends ConfigEnv {
   SCHEDULER?: SchedulerNamespace;
   /** The LimiterObject namespace: when bound, every isolate admits against one set of token and request budgets. */
   LIMITER?: LimiterNamespace;
+  /** How long (ms) a response body may go untaken by the runtime before its client is presumed gone; default 20000 (see lifetime.ts). */
+  SLUICE_CLIENT_STALL_MS?: string;
+}
+
+function stalledMs(env: Env): number {
+  const n = Number(env.SLUICE_CLIENT_STALL_MS);
+  return env.SLUICE_CLIENT_STALL_MS?.trim() && Number.isFinite(n) && n > 0 ? n : STALLED_BODY_MS;
 }
 
 /**
@@ -97,6 +104,6 @@ export default {
         return errorResponse({ status: 503, code: "config_unavailable", message: err.message });
       }
       return gateway.fetch(request, env, ctx as never);
-    });
+    }, stalledMs(env));
   },
 };

@@ -7,7 +7,7 @@
 import type { UsageEvent, UsageSink } from "../metering/events.ts";
 import type { BreakerState } from "../resilience/breaker.ts";
 import type { SchedulerStats } from "../scheduling/port.ts";
-import { type Counter, type Histogram, PROMETHEUS_CONTENT_TYPE, Registry } from "./registry.ts";
+import { type Counter, type Histogram, OVERFLOW_LABEL_VALUE, PROMETHEUS_CONTENT_TYPE, Registry } from "./registry.ts";
 
 export { PROMETHEUS_CONTENT_TYPE };
 
@@ -41,15 +41,50 @@ export interface MetricsState {
 export interface GatewayMetricsOptions {
   /** Label combinations kept per metric before folding into `other` (default 10,000). */
   maxSeries?: number;
-  /** The `priority` label of a level; default: the level number. See `priorityNamer`. */
+  /** The `priority` label of a level; default: the level number until a config is adopted. See `priorityNamer`. */
   priorityLabel?: (level: number) => string;
 }
 
-/** Labels priority levels by their configured name (`priorities.levels`), else the number. */
+/**
+ * The part of a config version that decides label values (a `SluiceConfig` is one): the
+ * priority level names, and the model names backends declare.
+ */
+export interface MetricsLabelSource {
+  priorities: { levels: Readonly<Record<string, number>> };
+  backends: readonly { models: readonly (string | { name: string })[] }[];
+}
+
+/**
+ * Labels priority levels by their configured name (`priorities.levels`; the first name of a
+ * level named twice); any other level is `other`. A client may send any integer priority, so the
+ * number itself is never a label value.
+ */
 export function priorityNamer(levels: Readonly<Record<string, number>>): (level: number) => string {
   const names = new Map<number, string>();
   for (const [name, level] of Object.entries(levels)) if (!names.has(level)) names.set(level, name);
-  return (level) => names.get(level) ?? String(level);
+  return (level) => names.get(level) ?? OVERFLOW_LABEL_VALUE;
+}
+
+/** The model names some backend declares (not `*`: what a wildcard backend serves is whatever clients send). */
+export function declaredModels(backends: MetricsLabelSource["backends"]): Set<string> {
+  const names = new Set<string>();
+  for (const b of backends) {
+    for (const m of b.models) {
+      const name = typeof m === "string" ? m : m.name;
+      if (name !== "*") names.add(name);
+    }
+  }
+  return names;
+}
+
+/** Sums samples whose labels coincide (several levels may share `other`): one sample per label value. */
+function summed<T>(items: readonly T[], label: (item: T) => string, value: (item: T) => number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const it of items) {
+    const l = label(it);
+    out.set(l, (out.get(l) ?? 0) + value(it));
+  }
+  return out;
 }
 
 /**
@@ -67,12 +102,19 @@ export function genAiOperationName(operation: string | null | undefined): string
 }
 
 const backendLabel = (b: string | null): string => (b ? b : "none");
-const modelLabel = (m: string | null): string => (m ? m : "unknown");
 
+/**
+ * The gateway's metrics. Label values come from the config, not from clients: `priority` is a
+ * configured level name (else `other`), `model` a model name some backend declares (else
+ * `other`, including what a `*` backend serves) — once a config version was adopted (`adopt`).
+ * Callers and backends are bounded by the registry's series fold, the last line of defence.
+ */
 export class GatewayMetrics implements UsageSink {
   readonly registry: Registry;
-  /** Replaced when a config version renames priority levels; the counters stay. */
+  /** The `priority` label of a level; `adopt` replaces it with each config version's names. The counters stay. */
   priorityLabel: (level: number) => string;
+  /** Model names that are label values; undefined until a config is adopted (then every name is, up to the fold). */
+  private models: ReadonlySet<string> | undefined;
   /** The state of the scrape being rendered (read by the gauge callbacks). */
   private state: MetricsState | undefined;
 
@@ -147,22 +189,39 @@ export class GatewayMetrics implements UsageSink {
     r.gauge("sluice_backend_ttfb_ewma_seconds", "Moving average of time to first byte per backend (what latency routing uses).", ["backend"], (sample) => {
       for (const b of this.state?.backends ?? []) if (b.ttfbMs != null) sample([b.name], b.ttfbMs / 1000);
     });
-    r.gauge("sluice_queue_depth", "Requests waiting in the gateway's queue, by priority level.", ["priority"], (sample) => {
-      for (const l of this.state?.queue.levels ?? []) sample([this.priorityLabel(l.level)], l.waiting);
-    });
-    r.scrapedCounter("sluice_queue_dispatched_total", "Requests the scheduler dispatched to a backend, by priority level.", ["priority"], (sample) => {
-      for (const l of this.state?.queue.levels ?? []) sample([this.priorityLabel(l.level)], l.dispatched);
-    });
-    r.scrapedCounter("sluice_queue_waited_seconds_total", "Total time dispatched requests waited in the queue, by priority level.", ["priority"], (sample) => {
-      for (const l of this.state?.queue.levels ?? []) sample([this.priorityLabel(l.level)], l.waitedMs / 1000);
-    });
+    const byLevel = (sample: (labels: readonly string[], value: number) => void, value: (l: MetricsState["queue"]["levels"][number]) => number) => {
+      for (const [label, v] of summed(this.state?.queue.levels ?? [], (l) => this.priorityLabel(l.level), value)) sample([label], v);
+    };
+    r.gauge("sluice_queue_depth", "Requests waiting in the gateway's queue, by priority level.", ["priority"], (sample) => byLevel(sample, (l) => l.waiting));
+    r.scrapedCounter("sluice_queue_dispatched_total", "Requests the scheduler dispatched to a backend, by priority level.", ["priority"], (sample) =>
+      byLevel(sample, (l) => l.dispatched),
+    );
+    r.scrapedCounter("sluice_queue_waited_seconds_total", "Total time dispatched requests waited in the queue, by priority level.", ["priority"], (sample) =>
+      byLevel(sample, (l) => l.waitedMs / 1000),
+    );
+  }
+
+  /**
+   * A config version was adopted: from now on `priority` labels are its level names and `model`
+   * labels the model names its backends declare; anything else is `other`. Series already
+   * recorded stay.
+   */
+  adopt(config: MetricsLabelSource): void {
+    this.priorityLabel = priorityNamer(config.priorities.levels);
+    this.models = declaredModels(config.backends);
+  }
+
+  /** The `model` label value of a model name: "" for none (the label is left out), `other` for one not declared. */
+  private modelValue(model: string | null): string {
+    if (!model) return "";
+    return this.models === undefined || this.models.has(model) ? model : OVERFLOW_LABEL_VALUE;
   }
 
   emit(event: MetricsEvent): void {
     const backend = backendLabel(event.backend);
     const status = String(event.status);
     const priority = this.priorityLabel(event.priority);
-    const model = event.model ?? "";
+    const model = this.modelValue(event.model);
 
     this.requests.inc([backend, status, priority]);
     if (event.attempts > 0) {
@@ -182,7 +241,7 @@ export class GatewayMetrics implements UsageSink {
 
     const source = event.usageSource ?? "unknown";
     const caller = event.caller || "unknown";
-    const m = modelLabel(event.model);
+    const m = model || "unknown";
     if (event.promptTokens != null) {
       this.tokens.inc([caller, m, backend, "input", source], event.promptTokens);
       this.genAiTokens.observe(["input", model], event.promptTokens);

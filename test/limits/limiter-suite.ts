@@ -3,7 +3,7 @@
  * (in-process; the Durable Object on Workers).
  */
 import { afterEach, describe, expect, it } from "vitest";
-import type { LimitScope, RateLimiter } from "../../src/governance/limits.ts";
+import { budgetHeaders, MAX_RETRY_AFTER_MS, type Admission, type LimitScope, type RateLimiter } from "../../src/governance/limits.ts";
 
 export interface LimiterUnderTest {
   limiter: RateLimiter;
@@ -13,6 +13,18 @@ export type MakeLimiter = () => Promise<LimiterUnderTest>;
 
 let n = 0;
 const caller = (spec: LimitScope["spec"]): LimitScope => ({ key: `caller:test${++n}`, spec });
+
+/** A refusal whose wait is usable: a whole number of ms, at least 1, finite, and its headers plain whole numbers. */
+function usableRefusal(a: Admission): Extract<Admission, { ok: false }> {
+  if (a.ok) throw new Error(`expected a refusal, got an admission of ${a.reservation.tokens} tokens`);
+  expect(Number.isSafeInteger(a.retryAfterMs), `retryAfterMs ${a.retryAfterMs}`).toBe(true);
+  if (!a.never) {
+    expect(a.retryAfterMs).toBeGreaterThanOrEqual(1);
+    expect(a.retryAfterMs).toBeLessThanOrEqual(MAX_RETRY_AFTER_MS);
+  }
+  for (const [name, v] of Object.entries(budgetHeaders(a.view))) expect(v, name).toMatch(name.startsWith("x-ratelimit-reset-") ? /^\d+ms$/ : /^\d+$/);
+  return a;
+}
 
 export function limiterConformance(name: string, make: MakeLimiter): void {
   describe(`rate limiter conformance [${name}]`, () => {
@@ -82,6 +94,72 @@ export function limiterConformance(name: string, make: MakeLimiter): void {
       // Neither scope was charged for the refused request: each still has its whole budget.
       expect((await l.reserve([roomy], 10_000)).ok).toBe(true);
       expect((await l.reserve([tight], 100)).ok).toBe(true);
+    });
+
+    it("a refusal names the limit that refused it, and its wait is no longer than that budget's reset", async () => {
+      const l = await start();
+      const scope = caller({ tokensPerMinute: 1000, requestsPerMinute: 3 });
+      expect((await l.reserve([scope], 900)).ok).toBe(true);
+      const byTokens = usableRefusal(await l.reserve([scope], 500));
+      expect(byTokens.limit).toBe("tokens");
+      expect(byTokens.view.remainingTokens!).toBeLessThan(500);
+      expect(byTokens.view.resetTokensMs!).toBeGreaterThanOrEqual(byTokens.retryAfterMs);
+      // 400 short at 1000 per minute: 24 s.
+      expect(byTokens.retryAfterMs).toBeGreaterThan(23_500);
+      expect(byTokens.retryAfterMs).toBeLessThanOrEqual(24_000);
+      expect((await l.reserve([scope], 10)).ok).toBe(true);
+      expect((await l.reserve([scope], 10)).ok).toBe(true);
+      const byRequests = usableRefusal(await l.reserve([scope], 10));
+      expect(byRequests.limit).toBe("requests");
+      expect(byRequests.view).toMatchObject({ limitRequests: 3, remainingRequests: 0 });
+      expect(byRequests.view.resetRequestsMs!).toBeGreaterThanOrEqual(byRequests.retryAfterMs);
+      // One request back at 3 per minute: 20 s.
+      expect(byRequests.retryAfterMs).toBeGreaterThan(19_500);
+      expect(byRequests.retryAfterMs).toBeLessThanOrEqual(20_000);
+    });
+
+    it("a reservation above the whole token budget is refused as never admissible and takes nothing", async () => {
+      const l = await start();
+      const scope = caller({ tokensPerMinute: 200, requestsPerMinute: 5 });
+      const big = usableRefusal(await l.reserve([scope], 276));
+      expect(big).toMatchObject({ never: true, limit: "tokens", retryAfterMs: 0 });
+      expect(big.view.limitTokens).toBe(200);
+      // Exactly the budget fits, and the refused request took neither tokens nor a request.
+      const whole = await l.reserve([scope], 200);
+      if (!whole.ok) throw new Error("a reservation of the whole budget was refused");
+      expect(whole.view).toMatchObject({ limitTokens: 200, remainingTokens: 0, limitRequests: 5, remainingRequests: 4 });
+      // Now it waits for the budget to be full again: about a minute, never more.
+      const again = usableRefusal(await l.reserve([scope], 200));
+      expect(again.limit).toBe("tokens");
+      expect(again.never).toBeUndefined();
+      expect(again.retryAfterMs).toBeGreaterThan(59_000);
+      expect(again.retryAfterMs).toBeLessThanOrEqual(60_000);
+      expect(again.view.resetTokensMs!).toBeGreaterThanOrEqual(again.retryAfterMs);
+    });
+
+    it("a usage report far beyond the reservation leaves a finite, whole wait", async () => {
+      const l = await start();
+      const scope = caller({ tokensPerMinute: 1000 });
+      const a = await l.reserve([scope], 100);
+      if (!a.ok) throw new Error("expected admission");
+      l.settle(a.reservation, 1e300);
+      const r = usableRefusal(await l.reserve([scope], 1000));
+      expect(r.limit).toBe("tokens");
+      expect(r.view).toMatchObject({ limitTokens: 1000, remainingTokens: 0 });
+      expect(r.retryAfterMs).toBeGreaterThan(60 * 60_000);
+    });
+
+    it("once the advertised wait is over, the refused reservation is admitted", async () => {
+      const l = await start();
+      // 1000 tokens a second: a refusal waits a fraction of a second.
+      const scope = caller({ tokensPerMinute: 60_000 });
+      expect((await l.reserve([scope], 60_000)).ok).toBe(true);
+      const r = usableRefusal(await l.reserve([scope], 150));
+      expect(r.limit).toBe("tokens");
+      expect(r.retryAfterMs).toBeLessThanOrEqual(150);
+      await new Promise((resolve) => setTimeout(resolve, r.retryAfterMs));
+      const a = await l.reserve([scope], 150);
+      expect(a.ok, a.ok ? "" : `refused again: ${a.retryAfterMs} ms`).toBe(true);
     });
 
     it("never admits more than the budget to concurrent reservations", async () => {

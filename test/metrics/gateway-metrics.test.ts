@@ -6,9 +6,11 @@ import {
   type MetricsEvent,
   type MetricsState,
   TOKEN_BUCKETS,
+  declaredModels,
   genAiOperationName,
   priorityNamer,
 } from "../../src/metrics/gateway-metrics.ts";
+import { parseConfig } from "../../src/config/load.ts";
 import { PROMETHEUS_CONTENT_TYPE, Registry, escapeLabelValue } from "../../src/metrics/registry.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -198,6 +200,7 @@ function event(over: Partial<MetricsEvent> = {}): MetricsEvent {
     completionTokens: 20,
     totalTokens: 30,
     cachedTokens: null,
+    cacheCreationTokens: null,
     reasoningTokens: null,
     usageSource: "provider",
     stream: false,
@@ -259,9 +262,11 @@ describe("GatewayMetrics: request counters", () => {
     m.emit(event({ priority: 7, queueMs: 40 }));
     const f = parse(m.render({ backends: [], queue: { waiting: 4, levels: [{ level: 3, waiting: 4, dispatched: 9, waitedMs: 1200 }] } }));
     expect(value(f, "sluice_requests_total", { backend: "ptu", status: "200", priority: "high" })).toBe(1);
-    expect(value(f, "sluice_requests_total", { backend: "ptu", status: "200", priority: "7" })).toBe(1);
+    // A level no config names is `other`: clients may send any integer.
+    expect(value(f, "sluice_requests_total", { backend: "ptu", status: "200", priority: "other" })).toBe(1);
+    expect(series(f, "sluice_requests_total").map((x) => x.labels.priority)).not.toContain("7");
     expect(value(f, "sluice_queue_depth", { priority: "low" })).toBe(4);
-    expect(histogram(f, "sluice_queue_wait_seconds", { priority: "7" })!.count).toBe(1);
+    expect(histogram(f, "sluice_queue_wait_seconds", { priority: "other" })!.count).toBe(1);
   });
 });
 
@@ -430,6 +435,91 @@ describe("label escaping", () => {
     const r = new Registry();
     r.counter("x_total", "a \\ b\nc").inc();
     expect(r.render()).toBe("# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\nx_total 1\n");
+  });
+});
+
+describe("label values come from the config", () => {
+  const config = parseConfig({
+    priorities: { levels: { high: 1, urgent: 1, normal: 2, low: 3 } },
+    backends: [
+      { name: "ptu", url: "http://127.0.0.1:9", models: ["gpt-4o", { name: "claude", deployment: "claude-prod" }] },
+      { name: "any", url: "http://127.0.0.1:9", models: ["*"] },
+    ],
+  });
+  const MODELS = new Set(["gpt-4o", "claude", "other"]);
+  const PRIORITIES = new Set(["high", "normal", "low", "other"]);
+
+  it("declared models are the backends' names, never `*` nor a deployment", () => {
+    expect([...declaredModels(config.backends)].sort()).toEqual(["claude", "gpt-4o"]);
+  });
+
+  it("20,000 client-chosen priorities and models give a handful of series, totals kept", () => {
+    const m = new GatewayMetrics();
+    m.adopt(config);
+    const N = 20_000;
+    let prompt = 0;
+    for (let i = 0; i < N; i++) {
+      const model = i % 10 === 0 ? "gpt-4o" : i % 10 === 1 ? "claude" : `client-model-${i}`;
+      m.emit(event({ priority: i % 7 === 0 ? 1 : 1000 + i, model, operation: "chat/completions", promptTokens: i, queueMs: 5 }));
+      prompt += i;
+    }
+    const text = m.render({ backends: [], queue: { waiting: 0, levels: [] } });
+    expect(text.length, "the exposition stays small").toBeLessThan(60_000);
+    const f = parse(text);
+    for (const [name, fam] of f) {
+      for (const s of fam.samples) {
+        if ("priority" in s.labels) expect(PRIORITIES, `${name} priority`).toContain(s.labels.priority);
+        if ("model" in s.labels) expect(MODELS, `${name} model`).toContain(s.labels.model);
+        if ("gen_ai_request_model" in s.labels) expect(MODELS, `${name} gen_ai_request_model`).toContain(s.labels.gen_ai_request_model);
+      }
+    }
+    expect(series(f, "sluice_requests_total").map((x) => x.labels.priority).sort()).toEqual(["high", "other"]);
+    expect(series(f, "sluice_requests_total").reduce((a, x) => a + x.value, 0)).toBe(N);
+    expect(value(f, "sluice_tokens_total", { caller: "team-a", model: "gpt-4o", backend: "ptu", type: "input", usage_source: "provider" })).toBeGreaterThan(0);
+    const input = series(f, "sluice_tokens_total").filter((x) => x.labels.type === "input");
+    expect(input.map((x) => x.labels.model).sort()).toEqual(["claude", "gpt-4o", "other"]);
+    expect(input.reduce((a, x) => a + x.value, 0)).toBe(prompt);
+    expect(histograms(f, "gen_ai_client_token_usage").filter((h) => h.labels.gen_ai_token_type === "input").reduce((a, h) => a + h.count, 0)).toBe(N);
+    expect(histogram(f, "sluice_queue_wait_seconds", { priority: "other" })!.count).toBeGreaterThan(N / 2);
+  });
+
+  it("a request with no model keeps the label out (unknown on tokens), it is not folded", () => {
+    const m = new GatewayMetrics();
+    m.adopt(config);
+    m.emit(event({ model: null }));
+    const f = parse(m.render(EMPTY));
+    expect(value(f, "sluice_tokens_total", { caller: "team-a", model: "unknown", backend: "ptu", type: "input", usage_source: "provider" })).toBe(10);
+    expect(histogram(f, "gen_ai_client_token_usage", { gen_ai_token_type: "input" })!.count).toBe(1);
+  });
+
+  it("queue gauges sum the levels no config names into one `other` series", () => {
+    const m = new GatewayMetrics();
+    m.adopt(config);
+    const levels = [
+      { level: 1, waiting: 2, dispatched: 3, waitedMs: 1000 },
+      ...Array.from({ length: 500 }, (_, i) => ({ level: 100 + i, waiting: 1, dispatched: 2, waitedMs: 10 })),
+    ];
+    // parse() throws on a duplicate series.
+    const f = parse(m.render({ backends: [], queue: { waiting: 502, levels } }));
+    expect(series(f, "sluice_queue_depth")).toHaveLength(2);
+    expect(value(f, "sluice_queue_depth", { priority: "high" })).toBe(2);
+    expect(value(f, "sluice_queue_depth", { priority: "other" })).toBe(500);
+    expect(value(f, "sluice_queue_dispatched_total", { priority: "other" })).toBe(1000);
+    expect(value(f, "sluice_queue_waited_seconds_total", { priority: "other" })).toBeCloseTo(5, 6);
+  });
+
+  it("a new config version's names apply from its adoption; the series recorded stay", () => {
+    const m = new GatewayMetrics();
+    m.adopt(config);
+    m.emit(event({ priority: 2, model: "gpt-4o" }));
+    m.adopt(parseConfig({ priorities: { levels: { gold: 2 }, default: "gold" }, backends: [{ name: "ptu", url: "http://127.0.0.1:9", models: ["gpt-5"] }] }));
+    m.emit(event({ priority: 2, model: "gpt-4o" }));
+    m.emit(event({ priority: 2, model: "gpt-5" }));
+    const f = parse(m.render(EMPTY));
+    expect(value(f, "sluice_requests_total", { backend: "ptu", status: "200", priority: "normal" })).toBe(1);
+    expect(value(f, "sluice_requests_total", { backend: "ptu", status: "200", priority: "gold" })).toBe(2);
+    const models = series(f, "sluice_tokens_total").filter((x) => x.labels.type === "input").map((x) => x.labels.model).sort();
+    expect(models).toEqual(["gpt-4o", "gpt-5", "other"]);
   });
 });
 

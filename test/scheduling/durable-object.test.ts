@@ -251,4 +251,45 @@ describe("durable object scheduler: one queue for every isolate", () => {
     const health = (await (await b.fetch("http://gateway.local/_gateway/health")).json()) as { backends: Array<{ name: string; inFlight: number }>; config: { version: string } };
     expect(health.backends.map((x) => [x.name, x.inFlight])).toEqual([["b1", 0]]);
   });
+
+  it("a new KV version naming other backends goes to another pool's object: the old pool's object keeps serving the isolates still on the old version", async () => {
+    sim = await startSimulator({ name: "b1" });
+    const version = (backend: string) =>
+      JSON.stringify({ metering: { sinks: [] }, backends: [{ name: backend, url: sim!.url, kind: "openai", models: ["gpt-4o"], maxConcurrency: 1, auth: { type: "none" } }] });
+    const contents = await bundleWorker();
+    const worker = (name: string, ttlMs: number, scriptName?: string) => ({
+      name,
+      modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
+      compatibilityDate: COMPATIBILITY_DATE,
+      compatibilityFlags: COMPATIBILITY_FLAGS,
+      kvNamespaces: ["SLUICE_CONFIG_KV"],
+      bindings: { SLUICE_CONFIG_KV_TTL_MS: String(ttlMs) },
+      durableObjects: { SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS },
+    });
+    // The objects live in "a" and re-read KV every 100 ms; isolate "b" keeps what it read for a minute.
+    mf = new Miniflare({ workers: [worker("a", 100), worker("b", 60_000, "a")] });
+    const kv = await mf.getKVNamespace("SLUICE_CONFIG_KV", "a");
+    await kv.put("config", version("old"));
+    const [a, b] = await Promise.all([mf.getWorker("a"), mf.getWorker("b")]);
+    const send = async (via: typeof a) => {
+      const r = await via.fetch("http://gateway.local/v1/chat/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "gpt-4o", messages: [{ role: "user", content: "hi" }] }),
+      });
+      return { status: r.status, backend: r.headers.get("x-sluice-backend"), text: await r.text() };
+    };
+    expect(await send(b)).toMatchObject({ status: 200, backend: "old" });
+
+    await kv.put("config", version("new"));
+    await new Promise((r) => setTimeout(r, 300));
+    // "a" reads the new version: the new pool's object serves it.
+    expect(await send(a)).toMatchObject({ status: 200, backend: "new" });
+    // "b" is still on the old version; the old pool's object has read the new one by now and refused it.
+    for (let i = 0; i < 3; i++) {
+      const r = await send(b);
+      expect(r, r.text.slice(0, 300)).toMatchObject({ status: 200, backend: "old" });
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  });
 });

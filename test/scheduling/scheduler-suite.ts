@@ -179,11 +179,12 @@ export function schedulerConformance(name: string, make: MakeScheduler): void {
       const d = await s.acquire(slot({ deadline: Date.now() + 150 }));
       const elapsed = Date.now() - started;
       expect(d.kind).toBe("expired");
-      // At its deadline: not before, and not long after.
-      expect(elapsed).toBeGreaterThanOrEqual(140);
+      // At its deadline: not before (less a margin for a Durable Object's clock, which only
+      // advances with its own I/O), and not long after.
+      expect(elapsed).toBeGreaterThanOrEqual(120);
       expect(elapsed).toBeLessThan(150 + 400);
       const queuedMs = (d as Extract<SlotDecision, { kind: "expired" }>).queuedMs;
-      expect(queuedMs).toBeGreaterThanOrEqual(140);
+      expect(queuedMs).toBeGreaterThanOrEqual(120);
       expect(queuedMs).toBeLessThanOrEqual(elapsed + 2);
       expect((await s.stats()).waiting).toBe(0);
       // The slot it never got is still the first holder's: release, and a new request is granted.
