@@ -296,5 +296,61 @@ export function schedulerConformance(name: string, make: MakeScheduler): void {
       expect(after.waiting).toBe(0);
       expect(after.levels.find((l) => l.level === LOW)).toMatchObject({ waiting: 0, dispatched: 2 });
     });
+
+    describe("under throttling: every change of availability wakes the queue", () => {
+      it("at a cooldown's end the most urgent waiter goes alone as the probe; the others follow its answer", async () => {
+        const s = await start(config(1));
+        grant(await s.acquire(slot()));
+        s.release("b1", { verdict: "throttled", cooldownUntil: Date.now() + 200 });
+        const order: string[] = [];
+        const low1 = track(s.acquire(slot({ priority: LOW, caller: "l1" })), "low-1", order);
+        await waiting(s, 1);
+        const low2 = track(s.acquire(slot({ priority: LOW, caller: "l2" })), "low-2", order);
+        await waiting(s, 2);
+        const high = track(s.acquire(slot({ priority: HIGH, caller: "h" })), "high", order);
+        await waiting(s, 3);
+        await granted(order, 1);
+        expect(order).toEqual(["high"]);
+        s.release("b1", { verdict: "success" });
+        await granted(order, 2);
+        s.release("b1", { verdict: "success" });
+        await Promise.all([low1, low2, high]);
+        expect(order).toEqual(["high", "low-1", "low-2"]);
+      });
+
+      it("a renewed cooldown: one probe per end, the rest keep waiting, and all are served once it stops throttling", async () => {
+        const s = await start(config(2));
+        grant(await s.acquire(slot()));
+        s.release("b1", { verdict: "throttled", cooldownUntil: Date.now() + 150 });
+        const order: string[] = [];
+        const pending = Array.from({ length: 5 }, (_, i) => track(s.acquire(slot({ caller: `c${i}` })), `r${i}`, order));
+        await waiting(s, 5);
+        await granted(order, 1);
+        // The probe is alone, though the backend takes two at once.
+        expect((await s.stats()).waiting).toBe(4);
+        s.release("b1", { verdict: "throttled", cooldownUntil: Date.now() + 150 });
+        await granted(order, 2);
+        expect((await s.stats()).waiting).toBe(3);
+        s.release("b1", { verdict: "success" });
+        // Recovered: two at once again.
+        await granted(order, 4);
+        s.release("b1", { verdict: "success" });
+        s.release("b1", { verdict: "success" });
+        await granted(order, 5);
+        await Promise.all(pending);
+        expect((await s.stats()).waiting).toBe(0);
+      });
+
+      it("a waiter blocked by a cooldown and then an open breaker is woken when the breaker goes half-open", async () => {
+        const s = await start(config(1, { resilience: { breaker: { failureThreshold: 1, openMs: 300 } } }));
+        grant(await s.acquire(slot()));
+        const openedAt = Date.now();
+        s.release("b1", { verdict: "failure", cooldownUntil: openedAt + 100 });
+        const d = grant(await s.acquire(slot()));
+        expect(Date.now() - openedAt).toBeGreaterThanOrEqual(280);
+        expect(d.queuedMs).toBeGreaterThanOrEqual(250);
+        expect((await s.stats()).backends[0]!.breaker).toBe("half-open");
+      });
+    });
   });
 }
