@@ -91,8 +91,9 @@ function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number | 
   if (named === null && key !== null && !(key in keys)) throw new BadRequest("S7PPriorityKey is not a configured priority key", "invalid_priority");
   if (raw !== null) {
     const level = resolvePriority(raw, levels);
-    if (level === undefined) {
-      throw new BadRequest(`priority "${raw}" is not one of ${Object.keys(levels).join(", ")} or an integer`, "invalid_priority");
+    // Only configured levels: an arbitrary integer (-1000) would jump every queue.
+    if (level === undefined || !Object.values(levels).includes(level)) {
+      throw new BadRequest(`priority "${raw}" is not one of ${Object.entries(levels).map(([n, l]) => `${n} (${l})`).join(", ")}`, "invalid_priority");
     }
     return level;
   }
@@ -100,6 +101,9 @@ function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number | 
 }
 
 const DEFAULT_COMPLETION_BUDGET = 256;
+/** Bounds of what feeds an estimate: a `max_tokens` of 1e300 or an `n` of 1e9 must not make a request weigh more than any real one. */
+const MAX_COMPLETION_TOKENS = 1_000_000;
+const MAX_CHOICES = 128;
 
 /**
  * Tokens a request may cost: about one per four bytes of body for the prompt, plus the
@@ -109,8 +113,9 @@ export function estimateTokens(body: BodyBytes | null, json: Record<string, unkn
   const prompt = Math.max(1, Math.ceil((body?.byteLength ?? 0) / 4));
   if (!json) return { prompt, completion: 0 };
   const budget = json.max_tokens ?? json.max_completion_tokens ?? json.max_output_tokens;
-  const n = typeof json.n === "number" && json.n > 0 ? json.n : 1;
-  return { prompt, completion: (typeof budget === "number" && budget >= 0 ? budget : DEFAULT_COMPLETION_BUDGET) * n };
+  const n = typeof json.n === "number" && Number.isFinite(json.n) && json.n >= 1 ? Math.min(MAX_CHOICES, Math.floor(json.n)) : 1;
+  const each = typeof budget === "number" && Number.isFinite(budget) && budget >= 0 ? Math.min(MAX_COMPLETION_TOKENS, Math.ceil(budget)) : DEFAULT_COMPLETION_BUDGET;
+  return { prompt, completion: each * n };
 }
 
 /** Longest model or deployment name accepted; a longer one is not a model any backend serves. */
@@ -122,6 +127,8 @@ function checkModel(model: string | undefined): void {
   if (model === undefined) return;
   if (model.length === 0 || model.length > MODEL_MAX_LENGTH) throw new BadRequest(`the model name must be 1 to ${MODEL_MAX_LENGTH} characters long`, "invalid_model");
   if (UNSENDABLE.test(model)) throw new BadRequest("the model name holds a control character or invalid Unicode (a lone surrogate)", "invalid_model");
+  // As a deployment in a URL path, "." or ".." would move the request to another path.
+  if (model === "." || model === "..") throw new BadRequest("the model name may not be '.' or '..'", "invalid_model");
 }
 
 /** The profile's default applies when the client named no priority; its maximum caps what the client asked for. */

@@ -6,7 +6,7 @@ import type { RateLimiter } from "./governance/limits.ts";
 import { FanOutSink, type UsageSink } from "./metering/events.ts";
 import { mountOps } from "./ops.ts";
 import { readBodyWithin } from "./pipeline/body.ts";
-import { runExchange, type PipelineContext } from "./pipeline/run.ts";
+import { runExchange, type PipelineContext, type RequestLine } from "./pipeline/run.ts";
 import { resolvePriority } from "./priority.ts";
 import { webUpstream, type UpstreamFetch } from "./proxy/attempt.ts";
 import { BackendPool } from "./routing/pool.ts";
@@ -29,6 +29,8 @@ export interface GatewayOptions {
   readBody?: (request: Request, env: unknown, limit: number) => Promise<BodyBytes>;
   /** Aborts when the client goes away; an adapter may make it more cheaply than Request.signal. */
   clientSignal?: (request: Request, env: unknown) => ClientSignal | undefined;
+  /** The request line as the client sent it (Node: the raw target and header count), to refuse dot segments URL parsing would resolve and headers a runtime would drop. */
+  requestLine?: (request: Request, env: unknown) => RequestLine | undefined;
   now?: () => number;
   random?: () => number;
   /** Where usage events go; the adapter builds them from `metering.sinks` for its runtime. Default: none. */
@@ -69,8 +71,10 @@ export function createGateway(options: GatewayOptions): Gateway {
     now,
     readBody: options.readBody ?? ((request, _env, limit) => readBodyWithin(request, limit)),
     clientSignal: options.clientSignal ?? ((request: Request) => request.signal),
+    requestLine: options.requestLine ?? (() => undefined),
     stripHeaders: new Set(config.headerPolicy.strip.map((h) => h.toLowerCase())),
     defaultLevel: resolvePriority(config.priorities.default, config.priorities.levels)!,
+    streams: runtime.streams,
   };
   const app = new Hono();
   mountOps(app, { scheduler, metrics: runtime.metrics, configStatus: options.configStatus });

@@ -4,6 +4,7 @@ import type { JwtVerifier } from "./governance/identity.ts";
 import { createJwtVerifier } from "./governance/jwt.ts";
 import { GatewayMetrics, priorityNamer } from "./metrics/gateway-metrics.ts";
 import { resolvePriority } from "./priority.ts";
+import type { RelayHandle } from "./proxy/relay.ts";
 import type { BackendPool } from "./routing/pool.ts";
 import { InProcessScheduler, type SchedulerOptions } from "./scheduling/in-process.ts";
 import type { Scheduler } from "./scheduling/port.ts";
@@ -23,6 +24,8 @@ export interface GatewayRuntime {
   readonly metrics: GatewayMetrics;
   /** A new version's backends and settings, before it serves. */
   adopt(config: SluiceConfig, pool: BackendPool): void;
+  /** Streams being relayed, by every version: a shutdown ends them with the SSE error event before it closes connections. */
+  readonly streams: Set<RelayHandle>;
   /** The JWT verifier for these settings: the same one (and its key cache) while they do not change. */
   jwtVerifier(jwt: NonNullable<SluiceConfig["auth"]["jwt"]>): JwtVerifier;
 }
@@ -74,6 +77,7 @@ export function createRuntime(options: RuntimeOptions = {}): GatewayRuntime {
     },
     limiter: options.limiter ?? new InProcessRateLimiter(now),
     metrics,
+    streams: new Set<RelayHandle>(),
     adopt(config, pool) {
       metrics.priorityLabel = priorityNamer(config.priorities.levels);
       if (scheduler) return;

@@ -129,3 +129,107 @@ describe("bounded request bodies", () => {
     await servedNext(gw.url, "b");
   });
 });
+
+describe("inputs refused with a clear 4xx, nothing held", () => {
+  it("only configured priority levels: x-priority -1000 is 400, and does not jump the queue", async () => {
+    const b = await sim("b");
+    const gw = await eventedGateway({ backends: [one("b", b.url)] });
+    for (const p of ["-1000", "7", "urgent"]) {
+      const r = await post(`${gw.url}/v1/chat/completions`, chatBody(), { "x-priority": p });
+      expect(r.status, `x-priority ${p}`).toBe(400);
+      expect((await r.json()).error.code).toBe("invalid_priority");
+    }
+    for (const p of ["high", "1", "low", "3"]) expect((await post(`${gw.url}/v1/chat/completions`, chatBody(), { "x-priority": p })).status).toBe(200);
+    expect(b.sim.stats().requests).toHaveLength(4);
+  });
+
+  it("bad percent-encoding and dot segments in the path are 400 with a usage event, and reach no backend", async () => {
+    const b = await sim("b");
+    const gw = await eventedGateway({ backends: [one("b", b.url, { kind: "azure-openai", models: ["*"], passThrough: true })] });
+    const raw = (path: string) =>
+      new Promise<number>((resolve, reject) => {
+        // The options form: a URL string would have the client resolve the dot segments itself.
+        const req = httpRequest({ hostname: "127.0.0.1", port: gw.running.port, path, method: "POST", headers: { "content-type": "application/json" } }, (res) => {
+          res.resume();
+          resolve(res.statusCode!);
+        });
+        req.on("error", reject);
+        req.end(chatBody());
+      });
+    const paths = ["/openai/deployments/%E0%A4%A/chat/completions", "/v1/chat/%", "/openai/deployments/%ED%A0%80/chat/completions", "/openai/deployments/../../x", "/openai/deployments/%2e%2e/%2E%2e/x", "/v1/./chat/completions"];
+    for (const p of paths) expect(await raw(p), p).toBe(400);
+    // A body model of ".." would collapse the deployment path.
+    expect((await post(`${gw.url}/v1/chat/completions`, chatBody(".."))).status).toBe(400);
+    expect(b.sim.stats().requests).toHaveLength(0);
+    await until("one event each", () => gw.events().length === paths.length + 1);
+    expect(new Set(gw.events().map((e) => e.status))).toEqual(new Set([400]));
+    await servedNext(gw.url, "b");
+  });
+
+  it("a caller restricted by profile models cannot reach paths that name no model", async () => {
+    const b = await sim("b");
+    const key = "sk-restricted";
+    const hash = `sha256:${Buffer.from(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key))).toString("hex")}`;
+    const gw = await eventedGateway({
+      auth: { apiKeys: [{ hash, caller: "r", profile: "p" }] },
+      profiles: { p: { models: ["gpt-4o"] } },
+      backends: [one("b", b.url, { passThrough: true })],
+    });
+    expect((await fetch(`${gw.url}/openai/files?api-version=2024-10-21`, { headers: { "api-key": key } })).status).toBe(403);
+    expect(b.sim.stats().requests).toHaveLength(0);
+  });
+
+  it("credentials in the query string never reach the backend", async () => {
+    const b = await sim("b");
+    const gw = await eventedGateway({ backends: [one("b", b.url, { kind: "azure-openai" })] });
+    const r = await post(`${gw.url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21&api-key=secret1&subscription-key=secret2&code=fnkey`, chatBody());
+    expect(r.status).toBe(200);
+    await r.arrayBuffer();
+    const seen = b.sim.stats().requests[0]!;
+    expect(seen.query).toBe("api-version=2024-10-21");
+  });
+
+  it("a huge max_tokens or n cannot break fair share: the estimate is bounded", async () => {
+    const { classify } = await import("../src/classify.ts");
+    const { parseConfig } = await import("../src/config/load.ts");
+    const config = parseConfig({ backends: [{ name: "a", url: "http://127.0.0.1:1" }] });
+    const body = new TextEncoder().encode(JSON.stringify({ model: "m", max_tokens: 1e300, n: 1e9, messages: [] }));
+    const cls = classify("/v1/chat/completions", new URL("http://x/v1/chat/completions"), new Headers(), body, config);
+    expect(Number.isFinite(cls.cost)).toBe(true);
+    expect(cls.completionBudget).toBe(1_000_000 * 128);
+  });
+
+  it("more than 1,000 headers is 431, not a request with some of them silently dropped", async () => {
+    const b = await sim("b");
+    const gw = await eventedGateway({ backends: [one("b", b.url)] });
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    for (let i = 0; i < 1_500; i++) headers[`x-h-${i}`] = "1";
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = httpRequest(`${gw.url}/v1/chat/completions`, { method: "POST", headers }, (res) => {
+        let b = "";
+        res.on("data", (c) => (b += c));
+        res.on("end", () => resolve(res.statusCode!));
+      });
+      req.on("error", reject);
+      req.end(chatBody());
+    });
+    expect(status).toBe(431);
+    expect(b.sim.stats().requests).toHaveLength(0);
+    await servedNext(gw.url, "b");
+  });
+});
+
+describe("shutdown", () => {
+  it("a stream still open at the end of the grace period ends with the SSE error event, not as if finished", async () => {
+    const b = await sim("b");
+    const gw = await eventedGateway({ backends: [one("b", b.url)] });
+    const r = await post(`${gw.url}/v1/chat/completions`, chatBody("gpt-4o", { stream: true }), { "x-sim-fault": JSON.stringify({ paceMs: 100, chunks: 100 }) });
+    expect(r.status).toBe(200);
+    const text = r.text();
+    await until("streaming", () => b.sim.stats().open === 1);
+    await gw.running.close(200);
+    const body = await text;
+    expect(body).toContain("event: error");
+    expect(body).not.toContain("[DONE]");
+  });
+});

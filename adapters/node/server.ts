@@ -3,7 +3,9 @@ import type { AddressInfo, Socket } from "node:net";
 import { serve } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
+import type { RequestLine } from "../../src/pipeline/run.ts";
 import { BodyTooLarge, checkDeclaredLength, readBodyWithin } from "../../src/pipeline/body.ts";
+import { interruptAll } from "../../src/proxy/relay.ts";
 import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
@@ -64,6 +66,12 @@ class ConnectionSignal implements ClientSignal {
   }
 }
 
+/** The request target exactly as the client sent it, and how many header fields came. */
+export function requestLine(_request: Request, env: unknown): RequestLine | undefined {
+  const incoming = (env as { incoming?: IncomingMessage } | undefined)?.incoming;
+  return incoming ? { target: incoming.url, headerCount: incoming.rawHeaders.length / 2 } : undefined;
+}
+
 export function socketCloseSignal(request: Request, env: unknown): ClientSignal | undefined {
   const outgoing = (env as { outgoing?: ServerResponse } | undefined)?.outgoing;
   return outgoing ? new ConnectionSignal(outgoing) : request.signal;
@@ -90,7 +98,7 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
   const usage = nodeSinks(config.metering.sinks);
   const runtime = createRuntime();
   const holder = new GatewayHolder(
-    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, usageSinks: usage.sinks, configStatus }),
+    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, requestLine, usageSinks: usage.sinks, configStatus }),
     { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
   );
   const host = overrides.host ?? config.server.host;
@@ -103,6 +111,9 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     serverOptions: { noDelay: true, keepAlive: true, keepAliveTimeout: 65_000, maxHeaderSize: 128 * 1024 },
   }) as Server;
   server.on("connection", (socket: Socket) => socket.setNoDelay(true));
+  // Node keeps only the first 1,000-odd header fields and drops the rest silently; with no count
+  // limit here (maxHeaderSize still bounds the bytes) the gateway sees them all and answers 431.
+  server.maxHeadersCount = 0;
   await new Promise<void>((resolve, reject) => {
     if (server.listening) return resolve();
     server.once("listening", resolve);
@@ -119,6 +130,12 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     const grace = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
     await Promise.race([closed, grace]);
     clearInterval(sweep);
+    // Streams still open at the end of the grace end as broken (the SSE error event, no [DONE]),
+    // never cut as if they had finished; a moment to write it, then every connection closes.
+    if (runtime.streams.size) {
+      interruptAll(runtime.streams);
+      await new Promise((resolve) => setTimeout(resolve, 100).unref());
+    }
     server.closeAllConnections();
     await closed;
     await client.close();

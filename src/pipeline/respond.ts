@@ -3,7 +3,7 @@ import { errorResponse, retryAfterHeaders, type AttemptRecord } from "../http/er
 import { downstreamResponseHeaders, GATEWAY_RESPONSE_HEADERS as H } from "../http/headers.ts";
 import { ResponseMeter } from "../metering/meter.ts";
 import { exhaustedResponse } from "../proxy/exhaustion.ts";
-import { relay, type RelayEnd } from "../proxy/relay.ts";
+import { relay, type RelayEnd, type RelayHandle } from "../proxy/relay.ts";
 import type { ApiKind } from "../types.ts";
 import type { Exchange } from "./exchange.ts";
 import type { Executed } from "./execute.ts";
@@ -71,6 +71,8 @@ export interface AnswerOptions {
   /** The gateway added include_usage: the client must not see the extra chunk. */
   stripUsageChunk: boolean;
   extraHeaders: Record<string, string> | undefined;
+  /** Relays in flight (the runtime's), for a shutdown to end as broken. */
+  streams?: Set<RelayHandle>;
 }
 
 /**
@@ -113,5 +115,5 @@ export function answer(ex: Exchange, executed: Extract<Executed, { kind: "answer
   }
   ex.relaying = true;
   const source = executed.body?.reader ?? upstream.body;
-  return new Response(relay(source, { sse, api: o.cls.api, backend: backend.name, tap: meter, idleMs: backend.idleTimeoutMs, first: executed.body?.first, onEnd: finish }), init);
+  return new Response(relay(source, { sse, api: o.cls.api, backend: backend.name, tap: meter, idleMs: backend.idleTimeoutMs, first: executed.body?.first, active: o.streams, onEnd: finish }), init);
 }

@@ -8,12 +8,14 @@ import { GATEWAY_RESPONSE_HEADERS as H } from "../http/headers.ts";
 import type { UsageSink } from "../metering/events.ts";
 import { withStreamUsage } from "../metering/stream-usage.ts";
 import type { UpstreamFetch } from "../proxy/attempt.ts";
+import type { RelayHandle } from "../proxy/relay.ts";
 import type { BackendPool } from "../routing/pool.ts";
 import type { Scheduler } from "../scheduling/port.ts";
 import { ttlDeadline } from "../scheduling/ttl.ts";
 import type { ApiKind, BodyBytes, ClientSignal } from "../types.ts";
 import { admit } from "./admit.ts";
 import { BodyTooLarge } from "./body.ts";
+import { checkPath, stripQueryCredentials } from "./path.ts";
 import { Exchange } from "./exchange.ts";
 import { execute } from "./execute.ts";
 import { plan } from "./plan.ts";
@@ -31,11 +33,24 @@ export interface PipelineContext {
   now: () => number;
   readBody: (request: Request, env: unknown, limit: number) => Promise<BodyBytes>;
   clientSignal: (request: Request, env: unknown) => ClientSignal | undefined;
+  /** The request line as the client sent it, when the runtime has it: URL parsing resolves dot segments, and a runtime may drop headers past its own limit. */
+  requestLine: (request: Request, env: unknown) => RequestLine | undefined;
   stripHeaders: ReadonlySet<string>;
   defaultLevel: number;
+  /** Streams being relayed (the runtime's set). */
+  streams: Set<RelayHandle>;
 }
 
 const NO_BODY = new Set(["GET", "HEAD"]);
+const MAX_HEADERS = 1000;
+
+/** What an adapter knows of the request as it came off the wire. */
+export interface RequestLine {
+  /** The request target, unparsed. */
+  target?: string;
+  /** Header fields received. */
+  headerCount?: number;
+}
 /** A client's request id is passed on only when it is a short token of safe characters. */
 const SAFE_REQUEST_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 
@@ -78,6 +93,13 @@ export async function runExchange(ctx: PipelineContext, request: Request, env: u
 
 async function steps(ctx: PipelineContext, ex: Exchange, request: Request, env: unknown, url: URL, classified: (api: ApiKind) => void): Promise<Response> {
   const { config } = ctx;
+  const line = ctx.requestLine(request, env);
+  // Past this many headers a runtime starts dropping them silently (Node at 2,000): refuse instead.
+  if (line?.headerCount !== undefined && line.headerCount > MAX_HEADERS) {
+    return refuse(ex, apiOfPath(url.pathname), { status: 431, code: "too_many_headers", message: `the request has more than ${MAX_HEADERS} headers` });
+  }
+  checkPath(line?.target ?? url.pathname);
+  stripQueryCredentials(url);
   const who = await ctx.authenticator.identify(request.headers);
   if (!who.ok) return refuse(ex, apiOfPath(url.pathname), who);
   const identity = who.identity;
@@ -112,7 +134,7 @@ async function steps(ctx: PipelineContext, ex: Exchange, request: Request, env: 
   });
   const executed = await execute(ctx, ex, { method: request.method, cls, plan: p, deadline, signal: ctx.clientSignal(request, env) });
   if (executed.kind !== "answer") return unanswered(ex, cls.api, executed, admitted.budget);
-  return answer(ex, executed, { cls, stripUsageChunk: rewritten !== undefined, extraHeaders: admitted.budget });
+  return answer(ex, executed, { cls, stripUsageChunk: rewritten !== undefined, extraHeaders: admitted.budget, streams: ctx.streams });
 }
 
 /**

@@ -51,7 +51,20 @@ export interface RelayOptions {
   idleMs: number;
   /** A read already taken (the first, which the attempt loop waited for). */
   first?: ReadableStreamReadResult<Uint8Array>;
+  /** Relays in flight, so a shutdown can end them as broken (`interruptAll`) rather than cut them. */
+  active?: Set<RelayHandle>;
   onEnd: (how: RelayEnd) => void;
+}
+
+/** A relay in flight, as a shutdown sees it. */
+export interface RelayHandle {
+  /** Ends the body now as a broken one: the SSE error event (no [DONE]), or an errored stream. */
+  interrupt(): void;
+}
+
+/** Ends every relay in `active` as broken (the end of a shutdown's grace period). */
+export function interruptAll(active: Set<RelayHandle>): void {
+  for (const r of [...active]) r.interrupt();
 }
 
 export function relay(upstream: ReadableStream<Uint8Array> | ReadableStreamDefaultReader<Uint8Array>, options: RelayOptions): ReadableStream<Uint8Array> {
@@ -65,9 +78,19 @@ export function relay(upstream: ReadableStream<Uint8Array> | ReadableStreamDefau
    * event (which a client would fail to parse instead of seeing the gateway's message).
    */
   let held: Uint8Array | undefined;
+  let interrupted = false;
+  const handle: RelayHandle = {
+    interrupt() {
+      interrupted = true;
+      // A pending read then ends (done), and is treated as a break below.
+      reader.cancel(new Error("the gateway is shutting down")).catch(() => undefined);
+    },
+  };
+  options.active?.add(handle);
   const end = (how: RelayEnd) => {
     if (ended) return;
     ended = true;
+    options.active?.delete(handle);
     options.onEnd(how);
   };
   return new ReadableStream<Uint8Array>(
@@ -81,6 +104,7 @@ export function relay(upstream: ReadableStream<Uint8Array> | ReadableStreamDefau
               chunk = first;
               first = undefined;
             } else chunk = await readWithin(reader, options.idleMs);
+            if (interrupted) throw new Error("the gateway is shutting down");
           } catch (err) {
             end("error");
             if (options.sse) {

@@ -42,6 +42,78 @@ function oddlySplit(bytes: Uint8Array): Uint8Array[] {
   return out;
 }
 
+/** A seeded generator (mulberry32), so a failing split can be reproduced. */
+function random(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Random cuts anywhere (mid-line, mid-CRLF, mid-character): tiny pieces, mid-sized, or large, per split. */
+function randomlySplit(bytes: Uint8Array, seed: number): Uint8Array[] {
+  const next = random(seed);
+  const scale = [2, 16, 300, 5000][seed % 4]!;
+  const out: Uint8Array[] = [];
+  for (let at = 0; at < bytes.length; ) {
+    const n = 1 + Math.floor(next() * scale);
+    out.push(bytes.subarray(at, at + n));
+    at += n;
+  }
+  return out;
+}
+
+const SPLITS = 16;
+const SSE_FIXTURES = Object.keys(EXPECTED).filter((name) => isSse(load(name)));
+const utf8 = new TextDecoder();
+const toBytes = (text: string) => new TextEncoder().encode(text);
+/** The recorded stream with its line ends as recorded (LF), as CRLF, and as CR. */
+const LINE_ENDS: Record<string, (text: string) => string> = {
+  LF: (t) => t,
+  CRLF: (t) => t.replace(/\n/g, "\r\n"),
+  CR: (t) => t.replace(/\n/g, "\r"),
+};
+
+/**
+ * Reference for strip mode, from the SSE rules and nothing of the meter: the text cut into
+ * lines with their ends (CRLF, LF or CR), an empty line ending an event; every event kept but
+ * the usage-only chunk (no choices, a usage object).
+ */
+function stripReference(text: string): { kept: string; dropped: number } {
+  const lines = text.match(/[^\r\n]*(?:\r\n|\r|\n|$)/g)!.filter((l) => l !== "");
+  const events: string[] = [];
+  let event = "";
+  for (const line of lines) {
+    event += line;
+    if (/^(?:\r\n|\r|\n)$/.test(line)) {
+      events.push(event);
+      event = "";
+    }
+  }
+  if (event) events.push(event);
+  let dropped = 0;
+  const kept = events.filter((e) => {
+    const data = e
+      .split(/\r\n|\r|\n/)
+      .filter((l) => l.startsWith("data:"))
+      .map((l) => l.slice(l.startsWith("data: ") ? 6 : 5))
+      .join("\n");
+    try {
+      const doc = JSON.parse(data);
+      if (Array.isArray(doc.choices) && doc.choices.length === 0 && doc.usage && typeof doc.usage === "object") {
+        dropped++;
+        return false;
+      }
+    } catch {
+      // not JSON: kept
+    }
+    return true;
+  });
+  return { kept: kept.join(""), dropped };
+}
+
 function meter(bytes: Uint8Array, chunks: Uint8Array[]) {
   const m = new ResponseMeter({ sse: isSse(bytes), stripUsageChunk: false, promptEstimate: 99 });
   const passed: Uint8Array[] = chunks.map((c) => m.chunk(c));
@@ -58,6 +130,49 @@ describe("metering the recorded provider responses", () => {
         expect(passed.equals(Buffer.from(bytes))).toBe(true);
       }
     });
+
+    it(`${name}: exactly its numbers in ${SPLITS} random splits, every chunk passed on as it came`, () => {
+      const bytes = load(name);
+      for (let seed = 1; seed <= SPLITS; seed++) {
+        const m = new ResponseMeter({ sse: isSse(bytes), stripUsageChunk: false, promptEstimate: 99 });
+        let changed = 0;
+        for (const c of randomlySplit(bytes, seed)) if (m.chunk(c) !== c) changed++;
+        expect(changed).toBe(0);
+        expect(m.flush()).toBeUndefined();
+        expect(m.usage(), `seed ${seed}`).toEqual({ ...expected, source: "provider" });
+      }
+    });
+  }
+
+  for (const name of SSE_FIXTURES) {
+    for (const [ends, convert] of Object.entries(LINE_ENDS)) {
+      it(`${name} with ${ends} line ends, ${SPLITS} random splits: untouched when not stripping; in strip mode exactly the usage-only chunk removed`, () => {
+        const text = convert(utf8.decode(load(name)));
+        const bytes = toBytes(text);
+        const reference = stripReference(text);
+        // Only the OpenAI-style streams carry a usage-only chunk; the others pass whole.
+        expect(reference.dropped).toBe(name === "openAI.txt" || name === "aoai2.txt" ? 1 : 0);
+        for (let seed = 1; seed <= SPLITS; seed++) {
+          for (const strip of [false, true]) {
+            const m = new ResponseMeter({ sse: true, stripUsageChunk: strip, promptEstimate: 99 });
+            const out: Uint8Array[] = [];
+            let changed = 0;
+            for (const c of randomlySplit(bytes, seed)) {
+              const o = m.chunk(c);
+              if (o !== c) changed++;
+              if (o.byteLength) out.push(o);
+            }
+            if (!strip) expect(changed).toBe(0);
+            const rest = m.flush();
+            if (rest) out.push(rest);
+            const passed = Buffer.concat(out);
+            const want = strip ? Buffer.from(toBytes(reference.kept)) : Buffer.from(bytes);
+            expect(passed.equals(want), `seed ${seed} strip ${strip}`).toBe(true);
+            expect(m.usage(), `seed ${seed} strip ${strip}`).toEqual({ ...EXPECTED[name], source: "provider" });
+          }
+        }
+      });
+    }
   }
 
   it("estimates, and says so, when a stream carries no usage", () => {
