@@ -1,4 +1,5 @@
 import { composeConfig } from "../../src/config/profiles-document.ts";
+import { VersionHolder, type ConfigStatus } from "../../src/config/holder.ts";
 import { ConfigError, parseConfigText } from "../../src/config/load.ts";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 
@@ -126,41 +127,29 @@ export class ConfigSource {
   }
 }
 
-/** One config version in use: what was built from it, and where it came from. */
-export interface ConfigVersion<T> {
-  value: T;
-  /** A hash of the text(s), as on Node: "pending" until the digest is computed. */
-  version: string;
-  loadedAt: string;
-  origin: string;
-}
-
 /**
- * The versions one reader follows: each change of the documents (or of where the config comes
- * from) is parsed and built into a new value; from parse to swap that is synchronous. An
- * invalid new version (ConfigError from parsing or from `build`) is refused and logged once, and
- * the one in use keeps serving; with none in use yet, the error is thrown.
+ * The versions one reader follows (the Worker's isolate, or one SchedulerObject), held by the
+ * runtime-neutral VersionHolder of src/config/holder.ts — the same swap, refusal and health
+ * status as on Node. Each change of the documents (or of where the config comes from) is hashed
+ * into its version (as Node hashes the same texts) and offered; from parse to swap that is
+ * synchronous. An invalid new version is refused and logged once while the one in use keeps
+ * serving; with none in use yet, the error is thrown.
  */
 export class ConfigVersions<T, E extends ConfigEnv = ConfigEnv> {
-  current: ConfigVersion<T> | undefined;
-  /** The last refused reload or failed read, shown by /_gateway/health. */
-  lastError: { message: string; at: string } | undefined;
+  private holder: VersionHolder<T> | undefined;
   private currentKey: string | undefined;
-  private refused: { key: string; error: ConfigError } | undefined;
-  private readonly source = new ConfigSource((message) => {
-    const text = this.current ? `${message} (version ${this.current.version} keeps serving)` : message;
-    this.recordError(text);
-    console.error(`sluice: ${this.label}config reload failed: ${text}`);
-  });
+  private firstRefused: { key: string; error: ConfigError } | undefined;
+  /** The texts last refused while a version serves: not hashed and parsed again on every request. */
+  private refusedKey: string | undefined;
+  private readonly source = new ConfigSource((message) => this.holder?.reloadFailed(message));
 
   /**
-   * @param build the value for a new version (it may throw ConfigError to refuse the version).
-   *   It gets the version record it will be stored in, whose `version` is filled in later, and
-   *   the bindings of the call that read the version.
+   * @param build the value for a new version (it may throw ConfigError to refuse it); `status`
+   *   is what /_gateway/health shows for that version.
    * @param label prefixes the log lines ("scheduler object: ").
    */
   constructor(
-    private readonly build: (config: SluiceConfig, record: ConfigVersion<T>, env: E) => T,
+    private readonly build: (config: SluiceConfig, status: () => ConfigStatus, env: E) => T,
     private readonly label = "",
   ) {}
 
@@ -168,37 +157,30 @@ export class ConfigVersions<T, E extends ConfigEnv = ConfigEnv> {
   async get(env: E): Promise<T> {
     const texts = await this.source.texts(env);
     const key = `${texts.configOrigin}\0${texts.config}\0${texts.profiles ?? ""}`;
-    if (this.current && this.currentKey === key) {
-      // Back to the version in use: a later return of the refused one is reported again.
-      this.refused = undefined;
-      return this.current.value;
+    const holder = this.holder;
+    if (holder && (this.currentKey === key || this.refusedKey === key)) return holder.current;
+    if (!holder && this.firstRefused?.key === key) throw this.firstRefused.error;
+    const version = await versionOf(texts);
+    const parse = () => configOf(texts, env);
+    if (!holder) {
+      let config: SluiceConfig;
+      try {
+        config = parse();
+      } catch (err) {
+        if (err instanceof ConfigError) this.firstRefused = { key, error: err };
+        throw err;
+      }
+      const log = (write: (line: string) => void) => (line: string) => write(this.label ? line.replace(/^sluice: /, `sluice: ${this.label}`) : line);
+      this.holder = new VersionHolder((c, status) => this.build(c, status, env), { config, version, origin: originOf(texts) }, { info: log(console.log), warn: log(console.error) });
+      this.currentKey = key;
+      return this.holder.current;
     }
-    if (this.refused?.key === key) {
-      if (this.current) return this.current.value;
-      throw this.refused.error;
+    // Swapped or unchanged: these texts are what serves now; refused: the version in use keeps serving.
+    if (holder.install(version, originOf(texts), parse).kind === "refused") this.refusedKey = key;
+    else {
+      this.currentKey = key;
+      this.refusedKey = undefined;
     }
-    const record: ConfigVersion<T> = { value: undefined as unknown as T, version: "pending", loadedAt: new Date().toISOString(), origin: originOf(texts) };
-    try {
-      record.value = this.build(configOf(texts, env), record, env);
-    } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      this.refused = { key, error: err };
-      if (!this.current) throw err;
-      const problems = err.problems.join("; ");
-      this.recordError(problems);
-      console.error(`sluice: ${this.label}config reload refused: ${problems} (from ${record.origin}; version ${this.current.version} keeps serving)`);
-      return this.current.value;
-    }
-    const previous = this.current;
-    this.current = record;
-    this.currentKey = key;
-    this.refused = undefined;
-    record.version = await versionOf(texts);
-    if (previous) console.log(`sluice: ${this.label}config reloaded: version ${record.version} from ${record.origin} replaces ${previous.version}`);
-    return record.value;
-  }
-
-  private recordError(message: string): void {
-    this.lastError = { message, at: new Date().toISOString() };
+    return holder.current;
   }
 }

@@ -3,7 +3,8 @@ import { ConfigError } from "../../src/config/load.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
 import { createRuntime, type GatewayRuntime } from "../../src/runtime.ts";
 import { errorResponse } from "../../src/http/errors.ts";
-import { ConfigVersions, KV_PROFILES_KEY, KvReadError, type ConfigEnv, type ConfigVersion } from "./config-source.ts";
+import type { ConfigStatus } from "../../src/config/holder.ts";
+import { ConfigVersions, KV_PROFILES_KEY, KvReadError, type ConfigEnv } from "./config-source.ts";
 import { keptAlive, STALLED_BODY_MS, type WorkerContext } from "./lifetime.ts";
 import { DurableObjectRateLimiter, LIMITS_OBJECT, type LimiterNamespace } from "./limiter-client.ts";
 import { DurableObjectScheduler, poolKey, type SchedulerNamespace } from "./scheduler-client.ts";
@@ -40,7 +41,7 @@ function stalledMs(env: Env): number {
  */
 const versions = new ConfigVersions<Gateway, Env>(build);
 
-function build(config: SluiceConfig, record: ConfigVersion<Gateway>, env: Env): Gateway {
+function build(config: SluiceConfig, status: () => ConfigStatus, env: Env): Gateway {
   if (config.profilesSource) {
     console.error(`sluice: profilesSource is followed by the Node gateway; on Workers put that document in SLUICE_CONFIG_KV under the key "${KV_PROFILES_KEY}" (ignored here)`);
   }
@@ -48,10 +49,7 @@ function build(config: SluiceConfig, record: ConfigVersion<Gateway>, env: Env): 
     config,
     runtime: runtimeFor(config, env),
     usageSinks: workerSinks(config.metering.sinks, env),
-    configStatus: () => {
-      const lastError = versions.lastError;
-      return { version: record.version, loadedAt: record.loadedAt, lastReloadError: lastError?.message ?? null, lastReloadErrorAt: lastError?.at ?? null };
-    },
+    configStatus: status,
   });
 }
 
@@ -95,13 +93,14 @@ export default {
       try {
         gateway = await versions.get(env);
       } catch (err) {
+        // The details (field names, unset variables) go to the log only, never to a caller.
         if (err instanceof ConfigError) {
           console.error(err.message);
-          return errorResponse({ status: 503, code: "invalid_config", message: err.message });
+          return errorResponse({ status: 503, code: "invalid_config", message: "the gateway has no valid configuration; its log names the problem" });
         }
         if (!(err instanceof KvReadError)) throw err;
         console.error(`sluice: ${err.message}`);
-        return errorResponse({ status: 503, code: "config_unavailable", message: err.message });
+        return errorResponse({ status: 503, code: "config_unavailable", message: "the gateway could not read its configuration; its log says why" });
       }
       return gateway.fetch(request, env, ctx as never);
     }, stalledMs(env));

@@ -264,6 +264,7 @@ describe("budgets end to end [node]", () => {
       ],
     });
     const N = 500;
+    const PRIORITY_SENT: Array<(i: number) => string> = [() => "high", () => "3", () => "normal", (i) => String(1000 + i), (i) => String(-i)];
     for (let batch = 0; batch < N; batch += 50) {
       await Promise.all(
         Array.from({ length: 50 }, async (_, j) => {
@@ -272,9 +273,10 @@ describe("budgets end to end [node]", () => {
           const r = await send(url, JSON.stringify({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 3 }), {
             key: "metrics-client",
             chunks: 2,
-            headers: { "x-priority": i % 5 === 0 ? "high" : String(1000 + i) },
+            // Configured levels by name and by number; and numbers no config names (refused with 400, still counted).
+            headers: { "x-priority": PRIORITY_SENT[i % PRIORITY_SENT.length]!(i) },
           });
-          expect(r.status, r.text).toBe(200);
+          expect(r.status, r.text).toBe(i % PRIORITY_SENT.length >= 3 ? 400 : 200);
         }),
       );
     }
@@ -287,12 +289,14 @@ describe("budgets end to end [node]", () => {
     }, { timeoutMs: 5_000, intervalMs: 20 });
     expect(text.length, "the exposition stays small (model labels need runtime.ts to call metrics.adopt(config))").toBeLessThan(200_000);
     const values = (label: string) => new Set([...text.matchAll(new RegExp(`[{,]${label}="([^"]*)"`, "g"))].map((m) => m[1]!));
-    expect([...values("priority")].sort()).toEqual(["high", "other"]);
+    for (const p of values("priority")) expect(["high", "normal", "low", "other"], `priority label ${p}`).toContain(p);
+    expect([...values("priority")].sort()).toEqual(["high", "low", "normal"]);
     const models = new Set([...values("model"), ...values("gen_ai_request_model")]);
     for (const m of models) expect([MODEL, "claude-ish", "other", "unknown"], `model label ${m}`).toContain(m);
     expect(models.has(MODEL)).toBe(true);
     expect(models.has("other")).toBe(true);
     expect(text).not.toContain("client-model-");
+    expect(text, "requests refused for their priority are counted too").toMatch(/^sluice_requests_total\{backend="none",status="400",priority="normal"\} 200$/m);
     // The numbers a client chose never became label values.
     expect(text).not.toMatch(/priority="\d+"/);
   });
