@@ -175,6 +175,39 @@ describe("metering the recorded provider responses", () => {
     }
   }
 
+  /** Whitespace JSON allows, enough to push a document past the 8 MiB the meter parses whole. */
+  const PAD = " ".repeat(9 * 1024 * 1024);
+
+  it("every JSON response grown past the parse limit (whitespace after its first byte): the same numbers, from its end", () => {
+    for (const [name, expected] of Object.entries(EXPECTED)) {
+      const bytes = load(name);
+      if (isSse(bytes)) continue;
+      const text = utf8.decode(bytes);
+      const big = toBytes(text.slice(0, 1) + PAD + text.slice(1));
+      const chunked = new ResponseMeter({ sse: false, stripUsageChunk: false, promptEstimate: 99 });
+      for (const c of randomlySplit(big, 3)) chunked.chunk(c);
+      expect(chunked.usage(), name).toEqual({ ...expected, source: "provider" });
+      const whole = new ResponseMeter({ sse: false, stripUsageChunk: false, promptEstimate: 99 });
+      whole.whole(big);
+      expect(whole.usage(), name).toEqual({ ...expected, source: "provider" });
+    }
+  });
+
+  it("every SSE stream with its usage-bearing events grown past the parse limit: the same numbers, from those events' ends", () => {
+    for (const name of SSE_FIXTURES) {
+      const text = utf8.decode(load(name));
+      let grown = 0;
+      const big = text.replace(/^data: \{(?=.*"(?:usage|usageMetadata)":\{)/gm, () => {
+        grown++;
+        return "data: {" + PAD;
+      });
+      expect(grown, name).toBeGreaterThan(0);
+      const m = new ResponseMeter({ sse: true, stripUsageChunk: false, promptEstimate: 99 });
+      for (const c of randomlySplit(toBytes(big), 3)) m.chunk(c);
+      expect(m.usage(), name).toEqual({ ...EXPECTED[name], source: "provider" });
+    }
+  });
+
   it("estimates, and says so, when a stream carries no usage", () => {
     const text = "data: " + JSON.stringify({ choices: [{ delta: { content: "Hello there, friend" } }] }) + "\n\ndata: [DONE]\n\n";
     const m = new ResponseMeter({ sse: true, stripUsageChunk: false, promptEstimate: 12 });
