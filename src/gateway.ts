@@ -39,6 +39,8 @@ export interface GatewayOptions {
   limiter?: RateLimiter;
   /** Credentials per backend: from the config by default (a runtime may add managed identity). */
   credentials?: CredentialsFactory;
+  /** The runtime runs an operator listener (Node, `server.operatorPort`): the gateway's own endpoints are served only there. */
+  operatorListener?: boolean;
   /** The config version this gateway serves and the last refused reload; shown under `config` by /_gateway/health. */
   configStatus?: () => { version: string; loadedAt: string; lastReloadError: string | null; lastReloadErrorAt?: string | null };
 }
@@ -77,7 +79,13 @@ export function createGateway(options: GatewayOptions): Gateway {
     streams: runtime.streams,
   };
   const app = new Hono();
-  mountOps(app, { scheduler, metrics: runtime.metrics, configStatus: options.configStatus });
+  mountOps(app, {
+    scheduler,
+    metrics: runtime.metrics,
+    authenticator: ctx.authenticator,
+    operatorListenerOnly: options.operatorListener === true,
+    configStatus: options.configStatus,
+  });
   app.all("*", (c) => runExchange(ctx, c.req.raw, c.env));
   // The pipeline answers its own errors; this is for the ops endpoints.
   app.onError((err) => {

@@ -1,12 +1,19 @@
-import type { Hono } from "hono";
+import type { Context, Hono, Next } from "hono";
+import type { Authenticator } from "./governance/identity.ts";
 import { PROMETHEUS_CONTENT_TYPE, type GatewayMetrics } from "./metrics/gateway-metrics.ts";
 import type { Scheduler } from "./scheduling/port.ts";
 
 export interface OpsContext {
   scheduler: Scheduler;
   metrics: GatewayMetrics;
+  authenticator: Authenticator;
+  /** Served only on an operator listener (server.operatorPort): the adapter marks its requests. */
+  operatorListenerOnly: boolean;
   configStatus?: () => unknown;
 }
+
+/** How an adapter marks a request that came in on the operator listener. */
+export const OPERATOR_LISTENER = "sluiceOperatorListener";
 
 /**
  * The gateway's own endpoints: the probes SimpleL7Proxy users expect (`/liveness`, `/startup`,
@@ -15,6 +22,15 @@ export interface OpsContext {
  */
 export function mountOps(app: Hono, ctx: OpsContext): void {
   const { scheduler, metrics } = ctx;
+  // The gateway's own endpoints show callers, backends and config state: operators only.
+  const operatorsOnly = async (c: Context, next: Next) => {
+    if (ctx.operatorListenerOnly && !(c.env as Record<string, unknown> | undefined)?.[OPERATOR_LISTENER]) return c.notFound();
+    const check = await ctx.authenticator.operator(c.req.raw.headers);
+    if (!check.ok) return c.json({ error: { message: check.message, type: "sluice_error", code: check.code } }, check.status);
+    return next();
+  };
+  app.use("/_gateway/*", operatorsOnly);
+  app.use("/metrics", operatorsOnly);
   app.get("/liveness", (c) => c.text("ok"));
   app.get("/startup", (c) => c.text("ok"));
   app.get("/readiness", async (c) => {

@@ -2,7 +2,7 @@ import type { SluiceConfig } from "./config/schema.ts";
 import { InProcessRateLimiter, type RateLimiter } from "./governance/limits.ts";
 import type { JwtVerifier } from "./governance/identity.ts";
 import { createJwtVerifier } from "./governance/jwt.ts";
-import { GatewayMetrics, priorityNamer } from "./metrics/gateway-metrics.ts";
+import { GatewayMetrics } from "./metrics/gateway-metrics.ts";
 import { resolvePriority } from "./priority.ts";
 import type { RelayHandle } from "./proxy/relay.ts";
 import type { BackendPool } from "./routing/pool.ts";
@@ -79,7 +79,7 @@ export function createRuntime(options: RuntimeOptions = {}): GatewayRuntime {
     metrics,
     streams: new Set<RelayHandle>(),
     adopt(config, pool) {
-      metrics.priorityLabel = priorityNamer(config.priorities.levels);
+      metrics.adopt(config);
       if (scheduler) return;
       if (inProcess) inProcess.usePool(pool, schedulerOptions(config, now));
       else inProcess = new InProcessScheduler(store, pool, schedulerOptions(config, now));

@@ -70,6 +70,7 @@ export interface GatewayHolderOptions {
 const RESTART_SETTINGS: { name: string; get: (c: SluiceConfig) => unknown }[] = [
   { name: "server.host", get: (c) => c.server.host },
   { name: "server.port", get: (c) => c.server.port },
+  { name: "server.operatorPort", get: (c) => c.server.operatorPort },
   // The usage sinks are opened once and shared by every version.
   { name: "metering.sinks", get: (c) => c.metering.sinks },
 ];

@@ -5,6 +5,7 @@ import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
 import type { RequestLine } from "../../src/pipeline/run.ts";
 import { BodyTooLarge, checkDeclaredLength, readBodyWithin } from "../../src/pipeline/body.ts";
+import { OPERATOR_LISTENER } from "../../src/ops.ts";
 import { interruptAll } from "../../src/proxy/relay.ts";
 import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
@@ -15,6 +16,8 @@ import { createUpstreamClient, readWhole } from "./upstream.ts";
 export interface RunningGateway {
   url: string;
   port: number;
+  /** The operator listener (server.operatorPort), when there is one. */
+  operatorUrl?: string;
   /** The gateway new requests go to (a config reload replaces it). */
   readonly gateway: Gateway;
   /** Holds the current gateway; config sources offer new versions to it. */
@@ -85,27 +88,16 @@ export interface GatewayServerOptions {
   version?: string;
   /** Where `config` came from, for reload messages. */
   origin?: string;
+  /** Instead of server.operatorPort (tests: 0). */
+  operatorPort?: number;
 }
 
-/**
- * The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. Each
- * request goes to the gateway current at its arrival (see GatewayHolder); every config version
- * shares the upstream connection pool, the usage sinks and one runtime: backend state (leases,
- * cooldowns, breakers, latency), the queue, the budgets, the metrics and the JWKS caches.
- */
-export async function startGatewayServer(config: SluiceConfig, overrides: GatewayServerOptions = {}): Promise<RunningGateway> {
-  const client = createUpstreamClient();
-  const usage = nodeSinks(config.metering.sinks);
-  const runtime = createRuntime();
-  const holder = new GatewayHolder(
-    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, requestLine, usageSinks: usage.sinks, configStatus }),
-    { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
-  );
-  const host = overrides.host ?? config.server.host;
+/** One listener: @hono/node-server over node:http, Nagle off, every header field counted. */
+async function listen(fetch: Gateway["fetch"], hostname: string, port: number): Promise<Server> {
   const server = serve({
-    fetch: holder.fetch,
-    hostname: host,
-    port: overrides.port ?? config.server.port,
+    fetch,
+    hostname,
+    port,
     createServer,
     // Headers up to 128 KiB reach the gateway, so an oversized token gets its 401 rather than a bare 431.
     serverOptions: { noDelay: true, keepAlive: true, keepAliveTimeout: 65_000, maxHeaderSize: 128 * 1024 },
@@ -119,10 +111,38 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     server.once("listening", resolve);
     server.once("error", reject);
   });
+  return server;
+}
+
+/**
+ * The gateway on Node: @hono/node-server over node:http, Nagle off on every socket. Each
+ * request goes to the gateway current at its arrival (see GatewayHolder); every config version
+ * shares the upstream connection pool, the usage sinks and one runtime: backend state (leases,
+ * cooldowns, breakers, latency), the queue, the budgets, the metrics and the JWKS caches.
+ */
+export async function startGatewayServer(config: SluiceConfig, overrides: GatewayServerOptions = {}): Promise<RunningGateway> {
+  const client = createUpstreamClient();
+  const usage = nodeSinks(config.metering.sinks);
+  const runtime = createRuntime();
+  // Read once at start, like server.port: a reload that changes it says it needs a restart.
+  const operatorPort = overrides.operatorPort ?? config.server.operatorPort;
+  const holder = new GatewayHolder(
+    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, requestLine, usageSinks: usage.sinks, configStatus, operatorListener: operatorPort !== undefined }),
+    { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
+  );
+  const host = overrides.host ?? config.server.host;
+  const server = await listen(holder.fetch, host, overrides.port ?? config.server.port);
   const port = (server.address() as AddressInfo).port;
+  // The gateway's own endpoints on a listener of their own (server.operatorPort), marked so the core knows.
+  const operator =
+    operatorPort === undefined ? undefined : await listen((request, env) => holder.fetch(request, { ...(env as object), [OPERATOR_LISTENER]: true }), host, operatorPort);
   const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
 
   const close = async (graceMs = holder.config.server.shutdownGraceMs) => {
+    if (operator) {
+      operator.close();
+      operator.closeAllConnections();
+    }
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     // Keep-alive connections that finish their last response are closed as they go idle.
     const sweep = setInterval(() => server.closeIdleConnections(), 50);
@@ -144,6 +164,7 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
   return {
     url: `http://${shownHost}:${port}`,
     port,
+    ...(operator ? { operatorUrl: `http://${shownHost}:${(operator.address() as AddressInfo).port}` } : {}),
     get gateway() {
       return holder.current;
     },

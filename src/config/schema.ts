@@ -316,6 +316,26 @@ const jwt = z
   })
   .strict();
 
+const operator = z
+  .object({
+    apiKeys: z
+      .array(
+        z
+          .object({
+            hash: z
+              .string()
+              .regex(/^sha256:[0-9a-f]{64}$/, "use sha256:<64 lower-case hex digits> (npm run hash-key -- <key>)")
+              .describe("SHA-256 of the operator key."),
+            name: z.string().min(1).describe("Who holds it (for logs)."),
+          })
+          .strict(),
+      )
+      .default([])
+      .describe("Operator keys (api-key or Authorization: Bearer) for the gateway's own endpoints."),
+    groups: z.array(z.string().min(1)).default([]).describe("JWT groups or app roles (auth.jwt.groupClaims) that make a caller an operator."),
+  })
+  .strict();
+
 const auth = z
   .object({
     apiKeys: z.array(apiKey).default([]).describe("Accepted API keys (api-key, Authorization: Bearer, ocp-apim-subscription-key)."),
@@ -327,6 +347,11 @@ const auth = z
     defaultProfile: z.string().min(1).optional().describe("Profile of callers no binding names."),
     groupProfiles: z.record(z.string(), z.string()).default({}).describe("Group or role id → profile (JWT callers; the first match wins)."),
     appProfiles: z.record(z.string(), z.string()).default({}).describe("Application id → profile."),
+    operator: operator
+      .optional()
+      .describe(
+        "Who may use the gateway's own endpoints (/_gateway/*, /metrics) once inbound auth is on (apiKeys or jwt): an operator key, or a JWT carrying one of the groups. Without it they refuse everyone (403). /liveness, /readiness and /startup stay open.",
+      ),
     forwardIdentity: z
       .boolean()
       .default(false)
@@ -345,6 +370,13 @@ const server = z
   .object({
     host: z.string().default("0.0.0.0").describe("Address the Node server listens on."),
     port: z.number().int().min(0).max(65535).default(8000).describe("Port the Node server listens on."),
+    operatorPort: z
+      .number()
+      .int()
+      .min(0)
+      .max(65535)
+      .optional()
+      .describe("Node: serve the gateway's own endpoints (/_gateway/*, /metrics) only on this port (same host), never on `port`. They still need an operator credential when auth is on."),
     shutdownGraceMs: durationMs(3_600_000, 0)
       .default(30_000)
       .describe("On SIGTERM: time in-flight requests get to finish before connections are closed."),

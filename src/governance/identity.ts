@@ -63,6 +63,27 @@ export class Authenticator {
     this.anonymous = config.auth.anonymous ?? this.open;
   }
 
+  /**
+   * May this request use the gateway's own endpoints? Always, on an open gateway; else only with
+   * an operator key (auth.operator.apiKeys) or a verified JWT carrying an operator group.
+   */
+  async operator(headers: Headers): Promise<{ ok: true } | { ok: false; status: 401 | 403; code: string; message: string }> {
+    if (this.open) return { ok: true };
+    const credential = credentialOf(headers);
+    if (!credential) return { ok: false, status: 401, code: "missing_credentials", message: "the gateway's own endpoints need an operator credential" };
+    const op = this.config.auth.operator;
+    if (credential.kind === "bearer" && this.verifyJwt && looksLikeJwt(credential.value)) {
+      const result = await this.verifyJwt(credential.value);
+      if (!result.ok) return { ok: false, status: 401, code: "invalid_token", message: `bearer token refused: ${result.reason}` };
+      if (op?.groups.some((g) => result.token.groups.includes(g))) return { ok: true };
+      return { ok: false, status: 403, code: "not_an_operator", message: "this caller is not an operator" };
+    }
+    const hex = await this.hashOf(credential.value);
+    if (op?.apiKeys.some((k) => k.hash === `sha256:${hex}`)) return { ok: true };
+    if (this.keys.has(hex)) return { ok: false, status: 403, code: "not_an_operator", message: "this caller is not an operator" };
+    return { ok: false, status: 401, code: "invalid_api_key", message: "the API key is not valid" };
+  }
+
   async identify(headers: Headers): Promise<Identification> {
     const credential = credentialOf(headers);
     if (!credential) {

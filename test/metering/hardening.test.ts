@@ -168,7 +168,7 @@ describe("a huge SSE event (issue 11)", () => {
       },
     });
     const ends: RelayEnd[] = [];
-    const body = relay(upstream, { sse: true, api: "chat", backend: "b1", tap: m, onEnd: (how) => ends.push(how) });
+    const body = relay(upstream, { sse: true, api: "chat", backend: "b1", tap: m, idleMs: 60_000, onEnd: (how) => ends.push(how) });
     const got = new Uint8Array(await new Response(body).arrayBuffer());
     expect(ends).toEqual(["complete"]);
     expect(sameBytes(got, s.without)).toBe(true);
