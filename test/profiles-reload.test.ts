@@ -16,6 +16,9 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
 
 
+/** The operator key every config here carries: /_gateway/health needs one once API keys exist. */
+const OPERATOR = { apiKeys: [{ hash: sha("ops-key"), name: "test" }] };
+
 interface Health {
   config: { version: string; loadedAt: string; lastReloadError: string | null; lastReloadErrorAt: string | null };
 }
@@ -42,7 +45,7 @@ function gatewayClient(url: () => string) {
       await res.arrayBuffer();
       return res.status;
     },
-    health: async () => (await (await fetch(`${url()}/_gateway/health`)).json()) as Health,
+    health: async () => (await (await fetch(`${url()}/_gateway/health`, { headers: { "api-key": "ops-key" } })).json()) as Health,
   };
 }
 
@@ -78,6 +81,7 @@ describe("caller profiles from a watched profiles file (Node, real sockets)", ()
         metering: { sinks: [] },
         // Relative: to the config file's directory.
         profilesSource: { file: "profiles.json" },
+        auth: { operator: OPERATOR },
         // A profile of the config's own, overridden by the file's of the same name.
         profiles: { std: { models: ["nothing-at-all"] } },
         backends: [{ name: "sim", url: sim.url, models: ["gpt-4o", "gpt-4o-mini"] }],
@@ -196,7 +200,7 @@ describe("caller profiles from a watched profiles file (Node, real sockets)", ()
   });
 
   it("a config change keeps the profiles file; a config that stops naming it drops its callers", async () => {
-    const withDefault = JSON.stringify({ ...JSON.parse(configText), auth: { defaultProfile: "std" } }, null, 2);
+    const withDefault = JSON.stringify({ ...JSON.parse(configText), auth: { defaultProfile: "std", operator: OPERATOR } }, null, 2);
     writeFileSync(configFile, withDefault);
     await until("the new config version", () => running.holder.version === composedVersion(withDefault, profilesDoc(["alice", "bob"])), 3000);
     expect(await gw.status("key-bob")).toBe(200);
@@ -266,6 +270,7 @@ describe("caller profiles from a polled URL (Node, real sockets)", () => {
     configText = JSON.stringify({
       metering: { sinks: [] },
       profilesSource: { url: `${serverUrl}?sig=s3cret-token`, pollMs: 100 },
+      auth: { operator: OPERATOR },
       backends: [{ name: "sim", url: sim.url, models: ["gpt-4o", "gpt-4o-mini"] }],
     });
     // Inline JSON: the config cannot change, the profiles document it names can.

@@ -45,7 +45,8 @@ async function startWorker(bindings: Record<string, string>, seed: (kv: Kv) => P
     const body = await res.text();
     return { status: res.status, backend: res.headers.get("x-sluice-backend"), body };
   };
-  const health = async () => (await (await fetch(`${url}/_gateway/health`)).json()) as Health;
+  // Every config here carries the operator key "ops-key": /_gateway/health needs one once API keys exist.
+  const health = async () => (await (await fetch(`${url}/_gateway/health`, { headers: { "api-key": "ops-key" } })).json()) as Health;
   return { mf, url, kv, chat, health };
 }
 
@@ -55,7 +56,7 @@ describe("Workers: config and profiles from a KV namespace (miniflare)", () => {
   const configText = (backend: string, extra: Record<string, unknown> = {}) =>
     JSON.stringify({
       metering: { sinks: [] },
-      auth: { apiKeys: [{ hash: sha("key-alice"), caller: "alice" }] },
+      auth: { apiKeys: [{ hash: sha("key-alice"), caller: "alice" }], operator: { apiKeys: [{ hash: sha("ops-key"), name: "test" }] } },
       backends: [{ name: backend, url: sims[backend]!.url, models: ["gpt-4o", "gpt-4o-mini"] }],
       ...extra,
     });
