@@ -25,11 +25,12 @@ const CR = 0x0d;
 /** A partial event held back longer than this is passed on anyway: the relay never buffers a stream. */
 const HELD_MAX = 64 * 1024;
 
-/** The offset just after the last SSE event boundary (a blank line: LF LF, CR CR, CRLF CRLF) in `b`, or 0. */
+/** The offset just after the last SSE event boundary (a blank line: LF LF, CR CR, CRLF CRLF, LF CRLF) in `b`, or 0. */
 function afterLastEvent(b: Uint8Array): number {
   for (let i = b.byteLength - 1; i >= 1; i--) {
     const c = b[i];
-    if (c === LF && (b[i - 1] === LF || (i >= 3 && b[i - 1] === CR && b[i - 2] === LF && b[i - 3] === CR))) return i + 1;
+    // LF LF, or CRLF after LF (which covers CRLF CRLF).
+    if (c === LF && (b[i - 1] === LF || (i >= 2 && b[i - 1] === CR && b[i - 2] === LF))) return i + 1;
     if (c === CR && b[i - 1] === CR) return i + 1;
   }
   return 0;
