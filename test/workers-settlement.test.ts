@@ -14,6 +14,7 @@ import type { SluiceConfigInput } from "../src/config/schema.ts";
 import type { UsageEvent } from "../src/metering/events.ts";
 import { bundleWorker, COMPATIBILITY_DATE, COMPATIBILITY_FLAGS, LIMITER_CLASS, SCHEDULER_CLASS } from "./harness/workers.ts";
 import { until } from "./harness/until.ts";
+import { ConsoleEvents } from "./harness/usage-events.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -29,23 +30,16 @@ export default {
 
 /** Usage events as they reach the test process: from the Worker's console, and from the queue's consumer. */
 class Events {
-  readonly console: UsageEvent[] = [];
+  private readonly fromConsole = new ConsoleEvents();
   readonly queued: UsageEvent[] = [];
-  private partial = "";
+
+  get console(): UsageEvent[] {
+    return this.fromConsole.events;
+  }
 
   /** Lines of the Worker's stdout: a console sink writes one JSON event per line. */
   stdout(data: string): void {
-    const lines = (this.partial + data).split("\n");
-    this.partial = lines.pop()!;
-    for (const line of lines) {
-      const start = line.indexOf('{"time"');
-      if (start < 0) continue;
-      try {
-        this.console.push(JSON.parse(line.slice(start)) as UsageEvent);
-      } catch {
-        // Not an event.
-      }
-    }
+    this.fromConsole.feed(data);
   }
 
   of(list: UsageEvent[], requestId: string): UsageEvent[] {

@@ -49,7 +49,8 @@ import type * as NodeHttp from "node:http";
 import Module, { createRequire } from "node:module";
 import { vi } from "vitest";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
-import type { StartGateway } from "./types.ts";
+import type { StartGateway, StartGatewayWithEvents } from "./types.ts";
+import { usageFile } from "./usage-events.ts";
 
 const require = createRequire(import.meta.url);
 /** The CommonJS object the package itself gets from require("http"), so that createServer can be observed. */
@@ -421,4 +422,18 @@ export const startFunctionsGateway: StartGateway = async (input: SluiceConfigInp
   // Usage events on stdout would flood the test output; tests that read them name a sink.
   const running = await startFunctionsApp({ SLUICE_CONFIG: JSON.stringify({ metering: { sinks: [] }, ...input }) });
   return { url: running.url, close: running.close };
+};
+
+/** The gateway on Azure Functions with its usage events in a temp NDJSON file. */
+export const startFunctionsGatewayWithEvents: StartGatewayWithEvents = async (input: SluiceConfigInput) => {
+  const file = usageFile();
+  const running = await startFunctionsApp({ SLUICE_CONFIG: JSON.stringify({ ...input, metering: { sinks: [{ type: "file", path: file.path }] } }) });
+  return {
+    url: running.url,
+    events: file.events,
+    close: async () => {
+      await running.close();
+      file.remove();
+    },
+  };
 };

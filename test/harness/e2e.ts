@@ -2,15 +2,13 @@
  * End-to-end helpers on Node over real sockets: simulator backends and a gateway whose usage
  * events go to an NDJSON file the test reads, all closed after each test.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterEach } from "vitest";
 import { startGatewayServer, type RunningGateway } from "../../adapters/node/server.ts";
 import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
 import { parseConfig } from "../../src/config/load.ts";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import type { UsageEvent } from "../../src/metering/events.ts";
+import { usageFile } from "./usage-events.ts";
 
 let closers: Array<() => Promise<unknown>> = [];
 
@@ -44,19 +42,11 @@ export interface EventedGateway {
 
 /** The Node gateway on 127.0.0.1, its usage events in a temp NDJSON file. */
 export async function eventedGateway(input: SluiceConfigInput): Promise<EventedGateway> {
-  const dir = mkdtempSync(join(tmpdir(), "sluice-e2e-"));
-  const file = join(dir, "usage.ndjson");
-  const running = await startGatewayServer(parseConfig({ ...input, metering: { sinks: [{ type: "file", path: file }] } }), { host: "127.0.0.1", port: 0 });
-  onClose(async () => rmSync(dir, { recursive: true, force: true }));
+  const file = usageFile();
+  const running = await startGatewayServer(parseConfig({ ...input, metering: { sinks: [{ type: "file", path: file.path }] } }), { host: "127.0.0.1", port: 0 });
+  onClose(async () => file.remove());
   onClose(() => running.close(0));
-  const events = (): UsageEvent[] => {
-    try {
-      return readFileSync(file, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as UsageEvent);
-    } catch {
-      return [];
-    }
-  };
-  return { url: running.url, running, metering: { sinks: [{ type: "file", path: file }] }, events };
+  return { url: running.url, running, metering: { sinks: [{ type: "file", path: file.path }] }, events: file.events };
 }
 
 export const chatBody = (model = "gpt-4o", extra: Record<string, unknown> = {}) => JSON.stringify({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 8, ...extra });

@@ -1,10 +1,25 @@
 import { startGatewayServer } from "../../adapters/node/server.ts";
 import { parseConfig } from "../../src/config/load.ts";
-import type { StartGateway } from "./types.ts";
+import type { StartGateway, StartGatewayWithEvents } from "./types.ts";
+import { usageFile } from "./usage-events.ts";
 
 /** The gateway on Node over real sockets, on an ephemeral 127.0.0.1 port. */
 export const startNodeGateway: StartGateway = async (input) => {
   // Usage events on stdout would flood the test output; tests that read them name a sink.
   const running = await startGatewayServer(parseConfig({ metering: { sinks: [] }, ...input }), { host: "127.0.0.1", port: 0 });
   return { url: running.url, close: () => running.close(0) };
+};
+
+/** The Node gateway with its usage events in a temp NDJSON file. */
+export const startNodeGatewayWithEvents: StartGatewayWithEvents = async (input) => {
+  const file = usageFile();
+  const running = await startGatewayServer(parseConfig({ ...input, metering: { sinks: [{ type: "file", path: file.path }] } }), { host: "127.0.0.1", port: 0 });
+  return {
+    url: running.url,
+    events: file.events,
+    close: async () => {
+      await running.close(0);
+      file.remove();
+    },
+  };
 };

@@ -1,4 +1,5 @@
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
+import type { UsageEvent } from "../../src/metering/events.ts";
 
 /** A gateway started for a test, on some runtime, listening on 127.0.0.1. */
 export interface GatewayUnderTest {
@@ -9,3 +10,11 @@ export interface GatewayUnderTest {
 
 /** Starts the gateway with this (unvalidated) config on one runtime. */
 export type StartGateway = (config: SluiceConfigInput) => Promise<GatewayUnderTest>;
+
+/** A gateway whose usage events the test can read (a file sink on Node and Functions, the console on Workers). */
+export interface GatewayWithEvents extends GatewayUnderTest {
+  events(): UsageEvent[];
+}
+
+/** Starts the gateway with its usage events captured (the config's own `metering.sinks` are replaced). */
+export type StartGatewayWithEvents = (config: SluiceConfigInput) => Promise<GatewayWithEvents>;

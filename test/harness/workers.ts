@@ -1,7 +1,10 @@
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import { Miniflare } from "miniflare";
-import type { StartGateway } from "./types.ts";
+import type { Readable } from "node:stream";
+import type { SluiceConfigInput } from "../../src/config/schema.ts";
+import type { GatewayUnderTest, StartGateway, StartGatewayWithEvents } from "./types.ts";
+import { ConsoleEvents } from "./usage-events.ts";
 
 const entry = fileURLToPath(new URL("../../adapters/cloudflare/worker.ts", import.meta.url));
 let bundled: Promise<string> | undefined;
@@ -36,18 +39,32 @@ export const SCHEDULER_CLASS = { className: "SchedulerObject", useSQLite: true }
 export const LIMITER_CLASS = { className: "LimiterObject", useSQLite: true } as const;
 
 /** The gateway under workerd via miniflare, on an ephemeral 127.0.0.1 port, with the Durable Object scheduler and limiter. */
-export const startWorkersGateway: StartGateway = async (input) => {
+export const startWorkersGateway: StartGateway = (input) =>
+  // Usage events on the console would flood the test output; tests that read them name a sink.
+  startMiniflareGateway({ metering: { sinks: [] }, ...input });
+
+/** The gateway under workerd with a console usage sink, its events picked out of the Worker's stdout. */
+export const startWorkersGatewayWithEvents: StartGatewayWithEvents = async (input) => {
+  const events = new ConsoleEvents();
+  const gw = await startMiniflareGateway({ ...input, metering: { sinks: [{ type: "console" }] } }, (stdout) => {
+    stdout.setEncoding("utf8");
+    stdout.on("data", (d: string) => events.feed(d));
+  });
+  return { ...gw, events: () => events.events };
+};
+
+async function startMiniflareGateway(config: SluiceConfigInput, stdout?: (s: Readable) => void): Promise<GatewayUnderTest> {
   const contents = await bundleWorker();
   const mf = new Miniflare({
     modules: [{ type: "ESModule", path: "worker.js", contents }],
     compatibilityDate: COMPATIBILITY_DATE,
     compatibilityFlags: COMPATIBILITY_FLAGS,
-    // Usage events on the console would flood the test output; tests that read them name a sink.
-    bindings: { SLUICE_CONFIG: JSON.stringify({ metering: { sinks: [] }, ...input }) },
+    bindings: { SLUICE_CONFIG: JSON.stringify(config) },
     durableObjects: { SCHEDULER: SCHEDULER_CLASS, LIMITER: LIMITER_CLASS },
     host: "127.0.0.1",
     port: 0,
+    ...(stdout ? { handleRuntimeStdio: (out: Readable, err: Readable) => (stdout(out), err.resume()) } : {}),
   });
   const url = await mf.ready;
   return { url: url.origin, close: () => mf.dispose() };
-};
+}
