@@ -3,6 +3,7 @@ import type { Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
 import type { HeaderSource } from "../../src/http/headers.ts";
 import { UpstreamIdle, UpstreamTimeout, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "../../src/proxy/attempt.ts";
+import type { BodyReader } from "../../src/proxy/idle-watch.ts";
 import { MAX_TIMER_MS } from "../../src/timers.ts";
 
 /** Statuses whose responses carry no body. */
@@ -12,41 +13,54 @@ const NULL_BODY = new Set([204, 205, 304]);
 const WHOLE_BODY_MAX = 256 * 1024;
 
 /**
- * A Web ReadableStream over undici's body stream, with backpressure: the Node stream is
- * paused while the Web side has a chunk waiting and resumed when it is pulled. Cheaper per
- * chunk than `Readable.toWeb`.
+ * undici's body stream read in place by the core's relay: one read per chunk, in paused mode
+ * (the socket is read only as fast as the client takes the bytes). Lighter than a Web
+ * ReadableStream in between, which would be a second stream layer on every streamed answer.
  */
-function webBody(body: Readable): ReadableStream<Uint8Array> {
-  // Once cancelled, closed or errored the controller must not be touched again; undici may
-  // still emit events while it tears the stream down.
-  let open = true;
-  return new ReadableStream<Uint8Array>(
-    {
-      start(controller) {
-        body.on("data", (chunk: Buffer) => {
-          if (!open) return;
-          controller.enqueue(chunk);
-          if ((controller.desiredSize ?? 0) <= 0) body.pause();
-        });
-        body.once("end", () => {
-          if (open) controller.close();
-          open = false;
-        });
-        body.once("error", (err) => {
-          if (open) controller.error(err);
-          open = false;
-        });
-      },
-      pull() {
-        body.resume();
-      },
-      cancel(reason) {
-        open = false;
-        body.destroy(reason instanceof Error ? reason : undefined);
-      },
-    },
-    { highWaterMark: 1 },
-  );
+class NodeBodyReader implements BodyReader {
+  private ended = false;
+  private failed: Error | undefined;
+  private waiting: (() => void) | undefined;
+
+  constructor(private readonly body: Readable) {
+    const wake = () => {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w?.();
+    };
+    body.on("readable", wake);
+    body.once("end", () => {
+      this.ended = true;
+      wake();
+    });
+    body.once("error", (err) => {
+      this.failed = err;
+      wake();
+    });
+    body.once("close", () => {
+      this.ended = true;
+      wake();
+    });
+  }
+
+  async read(): Promise<ReadableStreamReadResult<Uint8Array>> {
+    for (;;) {
+      if (this.failed) throw this.failed;
+      const chunk = this.body.read() as Buffer | null;
+      if (chunk !== null) return { done: false, value: chunk };
+      if (this.ended || this.body.readableEnded) return { done: true, value: undefined };
+      await new Promise<void>((resolve) => (this.waiting = resolve));
+    }
+  }
+
+  cancel(reason?: unknown): Promise<void> {
+    this.ended = true;
+    this.body.destroy(reason instanceof Error ? reason : undefined);
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.();
+    return Promise.resolve();
+  }
 }
 
 /**
@@ -228,7 +242,7 @@ export function createUpstreamClient(options: { connectionsPerOrigin?: number } 
     if (isSmallWholeBody(res.headers)) {
       return { status, headers: responseHeaders, body: null, wholeBody: await readWholeWithin(res.body, r.idleTimeoutMs) };
     }
-    return { status, headers: responseHeaders, body: webBody(res.body) };
+    return { status, headers: responseHeaders, body: null, reader: new NodeBodyReader(res.body) };
   };
   return { upstream, close: () => agent.close() };
 }

@@ -1,8 +1,8 @@
 import type { Classified } from "../classify.ts";
 import type { SluiceConfig } from "../config/schema.ts";
 import type { AttemptRecord } from "../http/errors.ts";
-import { sendAttempt, UpstreamIdle, type UpstreamFetch, type UpstreamResponse } from "../proxy/attempt.ts";
-import { readWithin } from "../proxy/idle-watch.ts";
+import { discardBody, sendAttempt, UpstreamIdle, type UpstreamFetch, type UpstreamResponse } from "../proxy/attempt.ts";
+import { IdleReader } from "../proxy/idle-watch.ts";
 import type { Backend } from "../routing/backend.ts";
 import type { QueuePlace, Scheduler, SlotDecision } from "../scheduling/port.ts";
 import type { ClientSignal } from "../types.ts";
@@ -30,7 +30,7 @@ export type Executed =
    * A backend answered with something to pass on; the exchange still holds its lease. A body
    * that streams comes as its reader and its first read, taken within the idle timeout.
    */
-  | { kind: "answer"; upstream: UpstreamResponse; backend: Backend; ttfbMs: number; attempts: AttemptRecord[]; body?: { reader: ReadableStreamDefaultReader<Uint8Array>; first: ReadableStreamReadResult<Uint8Array> } }
+  | { kind: "answer"; upstream: UpstreamResponse; backend: Backend; ttfbMs: number; attempts: AttemptRecord[]; body?: { reader: IdleReader; first: ReadableStreamReadResult<Uint8Array> } }
   /** No backend answered: the scheduler's verdict, or every attempt failed. */
   | { kind: "exhausted"; decision: Exclude<SlotDecision, { kind: "granted" | "cancelled" }> | { kind: "tried-all"; retryAfterMs?: number }; attempts: AttemptRecord[] }
   /** The client went away. */
@@ -110,7 +110,7 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
     let outcome = await send();
     if (outcome.kind === "response" && outcome.response.status === 401 && (await backend.credentials.refresh())) {
       // Credentials that were refused may be stale: one more try with fresh ones, same backend, same lease.
-      outcome.response.body?.cancel().catch(() => undefined);
+      discardBody(outcome.response);
       outcome = await send();
     }
 
@@ -126,13 +126,13 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
     const upstream = outcome.response;
     const status = upstream.status;
     if (!res.failoverOn.includes(status)) {
-      if (!upstream.body || upstream.wholeBody) return { kind: "answer", upstream, backend, ttfbMs: outcome.ttfbMs, attempts };
+      if ((!upstream.body && !upstream.reader) || upstream.wholeBody) return { kind: "answer", upstream, backend, ttfbMs: outcome.ttfbMs, attempts };
       // Nothing is relayed before the first body byte: a backend silent after its headers (or
       // reset before a byte) is failed over like a timeout, and the client never saw it.
-      const reader = upstream.body.getReader();
+      const reader = new IdleReader(upstream.reader ?? upstream.body!.getReader(), backend.idleTimeoutMs, now);
       const sentAt = now();
       try {
-        const first = await readWithin(reader, backend.idleTimeoutMs, now);
+        const first = await reader.read();
         return { kind: "answer", upstream, backend, ttfbMs: outcome.ttfbMs, attempts, body: { reader, first } };
       } catch (err) {
         reader.cancel().catch(() => undefined);
@@ -147,7 +147,7 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
     }
 
     const hint = upstream.wholeBody && upstream.wholeBody.byteLength <= HINT_BODY_MAX ? decoder.decode(upstream.wholeBody) : undefined;
-    upstream.body?.cancel().catch(() => undefined);
+    discardBody(upstream);
     const at = now();
     const cooldownUntil = res.cooldownOn.includes(status) ? at + (backend.protocol.retryAfterMs(upstream.headers, at, hint) ?? res.defaultCooldownMs) : undefined;
     // A throttle says nothing about the backend's health; errors and timeouts do.

@@ -2,6 +2,7 @@ import type { Classified } from "../classify.ts";
 import { errorResponse, retryAfterHeaders, type AttemptRecord } from "../http/errors.ts";
 import { downstreamResponseHeaders, GATEWAY_RESPONSE_HEADERS as H } from "../http/headers.ts";
 import { ResponseMeter } from "../metering/meter.ts";
+import { discardBody } from "../proxy/attempt.ts";
 import { exhaustedResponse } from "../proxy/exhaustion.ts";
 import { relay, type RelayEnd, type RelayHandle } from "../proxy/relay.ts";
 import type { ApiKind } from "../types.ts";
@@ -107,13 +108,13 @@ export function answer(ex: Exchange, executed: Extract<Executed, { kind: "answer
     finish("complete");
     return new Response(upstream.wholeBody, init);
   }
-  if (NULL_BODY.has(status) || !upstream.body) {
+  if (NULL_BODY.has(status) || (!upstream.body && !executed.body)) {
     if (executed.body) executed.body.reader.cancel().catch(() => undefined);
-    else upstream.body?.cancel().catch(() => undefined);
+    else discardBody(upstream);
     finish("complete");
     return new Response(null, init);
   }
   ex.relaying = true;
-  const source = executed.body?.reader ?? upstream.body;
+  const source = executed.body?.reader ?? upstream.body!;
   return new Response(relay(source, { sse, api: o.cls.api, backend: backend.name, tap: meter, idleMs: backend.idleTimeoutMs, first: executed.body?.first, active: o.streams, onEnd: finish }), init);
 }

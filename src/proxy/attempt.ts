@@ -1,5 +1,5 @@
 import type { BodyBytes, ClientSignal, HeaderPairs, HeaderSource } from "../types.ts";
-import { UpstreamIdle } from "./idle-watch.ts";
+import { UpstreamIdle, type BodyReader } from "./idle-watch.ts";
 
 export { UpstreamIdle };
 
@@ -30,6 +30,8 @@ export interface UpstreamResponse {
   readonly status: number;
   readonly headers: HeaderSource;
   readonly body: ReadableStream<Uint8Array> | null;
+  /** The body as a reader, when the runtime has a lighter one than a Web stream (Node); used instead of `body`. */
+  readonly reader?: BodyReader;
   /** The whole body, when the client already holds it (small, non-streaming answers): no stream needed. */
   readonly wholeBody?: BodyBytes;
 }
@@ -40,6 +42,12 @@ export interface UpstreamResponse {
  * supplies its fastest client (undici on Node, the global fetch on Workers).
  */
 export type UpstreamFetch = (url: string, request: UpstreamRequest) => Promise<UpstreamResponse>;
+
+/** Drops an upstream body that will not be passed on (a failover, a retry): its connection is freed. */
+export function discardBody(r: UpstreamResponse): void {
+  if (r.reader) r.reader.cancel().catch(() => undefined);
+  else r.body?.cancel().catch(() => undefined);
+}
 
 /** An UpstreamFetch over the Web `fetch`, for runtimes whose fetch is the best client they have. */
 export function webUpstream(fetchFn: typeof fetch = (input, init) => fetch(input, init)): UpstreamFetch {

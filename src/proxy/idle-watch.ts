@@ -59,29 +59,47 @@ export class UpstreamIdle extends Error {
   }
 }
 
+/** What the relay reads an upstream body through: a Web stream's reader, or an adapter's lighter one. */
+export interface BodyReader {
+  read(): Promise<ReadableStreamReadResult<Uint8Array>>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
 /**
- * `reader.read()`, rejected with UpstreamIdle (and the body cancelled) when no byte comes within
- * `idleMs`. One promise and one watch entry per read; no timer of its own.
+ * Reads a body with an idle timeout: each read is watched, and one that gets no byte within
+ * `idleMs` cancels the body and throws UpstreamIdle. One watch entry per body, reused for every
+ * read; no timer and no extra promise per chunk.
  */
-export function readWithin(reader: ReadableStreamDefaultReader<Uint8Array>, idleMs: number, now: () => number = Date.now): Promise<ReadableStreamReadResult<Uint8Array>> {
-  return new Promise((resolve, reject) => {
-    const entry: IdleEntry = {
-      deadline: now() + idleMs,
-      onIdle: () => {
-        reject(new UpstreamIdle(idleMs));
-        reader.cancel(new UpstreamIdle(idleMs)).catch(() => undefined);
-      },
-    };
-    idleWatch.watch(entry, idleMs);
-    reader.read().then(
-      (r) => {
-        idleWatch.unwatch(entry);
-        resolve(r);
-      },
-      (err: unknown) => {
-        idleWatch.unwatch(entry);
-        reject(err);
-      },
-    );
-  });
+export class IdleReader implements IdleEntry {
+  deadline = 0;
+  private idled = false;
+
+  constructor(
+    readonly reader: BodyReader,
+    private readonly idleMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  onIdle(): void {
+    this.idled = true;
+    // The pending read then ends (done), which `read` turns into UpstreamIdle.
+    this.reader.cancel(new UpstreamIdle(this.idleMs)).catch(() => undefined);
+  }
+
+  async read(): Promise<ReadableStreamReadResult<Uint8Array>> {
+    if (this.idled) throw new UpstreamIdle(this.idleMs);
+    this.deadline = this.now() + this.idleMs;
+    idleWatch.watch(this, this.idleMs);
+    try {
+      const r = await this.reader.read();
+      if (this.idled) throw new UpstreamIdle(this.idleMs);
+      return r;
+    } finally {
+      idleWatch.unwatch(this);
+    }
+  }
+
+  cancel(reason?: unknown): Promise<void> {
+    return this.reader.cancel(reason);
+  }
 }

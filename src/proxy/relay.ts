@@ -1,5 +1,5 @@
 import { streamErrorEvent } from "../http/errors.ts";
-import { readWithin } from "./idle-watch.ts";
+import { IdleReader, type BodyReader } from "./idle-watch.ts";
 import type { ApiKind } from "../types.ts";
 
 export type RelayEnd = "complete" | "error" | "cancel";
@@ -68,9 +68,9 @@ export function interruptAll(active: Set<RelayHandle>): void {
   for (const r of [...active]) r.interrupt();
 }
 
-export function relay(upstream: ReadableStream<Uint8Array> | ReadableStreamDefaultReader<Uint8Array>, options: RelayOptions): ReadableStream<Uint8Array> {
+export function relay(upstream: ReadableStream<Uint8Array> | BodyReader, options: RelayOptions): ReadableStream<Uint8Array> {
   const tap = options.tap;
-  const reader = upstream instanceof ReadableStream ? upstream.getReader() : upstream;
+  const reader = upstream instanceof IdleReader ? upstream : new IdleReader(upstream instanceof ReadableStream ? upstream.getReader() : upstream, options.idleMs);
   let first = options.first;
   let ended = false;
   /**
@@ -104,7 +104,7 @@ export function relay(upstream: ReadableStream<Uint8Array> | ReadableStreamDefau
             if (first) {
               chunk = first;
               first = undefined;
-            } else chunk = await readWithin(reader, options.idleMs);
+            } else chunk = await reader.read();
             if (interrupted) throw new Error("the gateway is shutting down");
           } catch (err) {
             end("error");
