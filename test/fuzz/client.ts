@@ -64,7 +64,12 @@ export function send(r: FuzzRequest, o: SendOptions): Promise<Reply> {
   if (r.fault !== null) add("x-sim-fault", "garbage" in r.fault ? r.fault.garbage : JSON.stringify(r.fault));
   headers["x-request-id"] = o.requestId;
   const body = bodyBytes(r.body, o.maxBodyBytes);
-  if (body !== undefined && !r.chunked) headers["content-length"] = String(body.length);
+  // Named explicitly: for GET, HEAD, DELETE and OPTIONS Node's client would otherwise write the
+  // body unframed (neither chunked nor with a length), i.e. as the start of a second request.
+  if (body !== undefined) {
+    if (r.chunked) headers["transfer-encoding"] = "chunked";
+    else headers["content-length"] = String(body.length);
+  }
 
   return new Promise<Reply>((resolve) => {
     const reply: Reply = { bodyStart: "", bodyBytes: 0, aborted: false, hung: false, ms: 0 };

@@ -10,32 +10,22 @@
  * send.
  */
 import { randomUUID } from "node:crypto";
-import { afterEach, describe, expect, it } from "vitest";
-import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
+import { describe, expect, it } from "vitest";
+import type { RunningSimulator } from "../../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import { startNodeGateway } from "../harness/node.ts";
+import { closeAfterEach, onClose, sim } from "../harness/e2e.ts";
 import { pollUntil } from "../conformance/helpers.ts";
 
 const MODEL = "gpt-4o";
 const PATH = "/v1/chat/completions";
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-let closers: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  const list = closers.reverse();
-  closers = [];
-  for (const close of list) await close().catch(() => undefined);
-});
-
-async function sim(name = "b1"): Promise<RunningSimulator> {
-  const s = await startSimulator({ name });
-  closers.push(() => s.close());
-  return s;
-}
+closeAfterEach();
 
 async function gateway(config: SluiceConfigInput): Promise<string> {
   const gw = await startNodeGateway({ resilience: { timeoutMs: 5_000 }, ...config });
-  closers.push(() => gw.close());
+  onClose(() => gw.close());
   return gw.url;
 }
 
@@ -136,7 +126,7 @@ function expectConsistentRefusal(r: Reply, limit: "tokens" | "requests", request
 
 describe("budgets end to end [node]", () => {
   it("a limit of 200 tokens/min: a plain request (no max_tokens, 256 by default) is admitted with its completion reservation capped, and the next waits for a full budget", async () => {
-    const b1 = await sim();
+    const b1 = await sim("b1");
     const url = await gateway({ backends: [{ name: "b1", url: b1.url, kind: "openai", models: [MODEL] }], limits: { perCaller: { tokensPerMinute: 200 } } });
     const body = chat("Hello there.");
     expect(promptOf(body) + 256, "the uncapped estimate is over the budget").toBeGreaterThan(200);
@@ -165,7 +155,7 @@ describe("budgets end to end [node]", () => {
   });
 
   it("a prompt bigger than the whole budget gets a non-retryable 413 naming the estimate and the limit, and never reaches the backend", async () => {
-    const b1 = await sim();
+    const b1 = await sim("b1");
     const url = await gateway({
       backends: [{ name: "b1", url: b1.url, kind: "openai", models: [MODEL] }],
       limits: { perCaller: { tokensPerMinute: 200, requestsPerMinute: 2 } },
@@ -190,7 +180,7 @@ describe("budgets end to end [node]", () => {
   });
 
   it("a requests-per-minute refusal names requests, and its Retry-After lets the next try succeed", async () => {
-    const b1 = await sim();
+    const b1 = await sim("b1");
     // 60 a minute: a burst of 60, then one a second.
     const url = await gateway({ backends: [{ name: "b1", url: b1.url, kind: "openai", models: [MODEL] }], limits: { perCaller: { requestsPerMinute: 60 } } });
     const body = chat("One more?", { max_tokens: 5 });
@@ -219,7 +209,7 @@ describe("budgets end to end [node]", () => {
   });
 
   it("absurd max_tokens and n never put NaN, Infinity or exponent notation in a header", async () => {
-    const b1 = await sim();
+    const b1 = await sim("b1");
     const url = await gateway({
       backends: [{ name: "b1", url: b1.url, kind: "openai", models: [MODEL] }],
       limits: { perCaller: { tokensPerMinute: 200, requestsPerMinute: 1_000 } },

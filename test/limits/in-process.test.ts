@@ -6,6 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { budgetHeaders, InProcessRateLimiter, MAX_RETRY_AFTER_MS, type Admission, type LimitScope, type LimitSpec } from "../../src/governance/limits.ts";
 import { limiterConformance } from "./limiter-suite.ts";
+import { rng } from "../harness/rng.ts";
 
 limiterConformance("in-process", async () => ({ limiter: new InProcessRateLimiter(), close: async () => undefined }));
 
@@ -40,17 +41,6 @@ function expectWholeHeaders(a: Admission): void {
   }
 }
 
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe("in-process limiter: Retry-After on a fake clock", () => {
   it("a budget-sized reservation refused now is admitted exactly at the advertised wait, not a millisecond before", () => {

@@ -12,6 +12,7 @@ import {
 } from "../../src/metrics/gateway-metrics.ts";
 import { parseConfig } from "../../src/config/load.ts";
 import { PROMETHEUS_CONTENT_TYPE, Registry, escapeLabelValue } from "../../src/metrics/registry.ts";
+import { rng } from "../harness/rng.ts";
 
 // ---------------------------------------------------------------------------------------------
 // A strict parser for the text exposition format 0.0.4 (what the tests read back).
@@ -212,17 +213,6 @@ function event(over: Partial<MetricsEvent> = {}): MetricsEvent {
 
 const EMPTY: MetricsState = { backends: [], queue: { waiting: 0, levels: [] } };
 
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe("GatewayMetrics: request counters", () => {
   it("counts requests per backend, status and priority; attempts and failovers", () => {

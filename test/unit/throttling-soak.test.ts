@@ -10,18 +10,8 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { parseConfig } from "../../src/config/load.ts";
 import { createGateway } from "../../src/gateway.ts";
 import type { UpstreamFetch } from "../../src/proxy/attempt.ts";
+import { rng } from "../harness/rng.ts";
 
-/** A small deterministic PRNG (mulberry32), so the soak is the same every run. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface BackendScript {
   /** Throttles during [k·period + offset, k·period + offset + throttleMs). */
