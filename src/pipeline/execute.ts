@@ -87,7 +87,14 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
     ex.leased(decision.backend);
     place = decision.place;
     notBefore = undefined;
-    const target = plan.targets.get(decision.backend)!;
+    const target = plan.targets.get(decision.backend);
+    if (!target) {
+      // A backend this request's config version does not have (a shared queue on a newer version): not for this request.
+      ex.endAttempt({ verdict: "abandoned" });
+      tried.push(decision.backend);
+      budget--;
+      continue;
+    }
     const backend = target.backend;
     const pending = backend.credentials.ready();
     if (pending) await pending;

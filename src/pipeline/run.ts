@@ -66,7 +66,8 @@ function requestIdOf(headers: Headers): string {
  * back, the budget is released, one usage event goes out.
  */
 export async function runExchange(ctx: PipelineContext, request: Request, env: unknown): Promise<Response> {
-  const ex = new Exchange({ sink: ctx.sink, scheduler: ctx.scheduler, limiter: ctx.limiter, now: ctx.now }, requestIdOf(request.headers), ctx.now(), ctx.defaultLevel);
+  // The context is what settling needs (sink, scheduler, limiter, clock): no object per request for it.
+  const ex = new Exchange(ctx, requestIdOf(request.headers), ctx.now(), ctx.defaultLevel);
   const url = new URL(request.url);
   let api: ApiKind = apiOfPath(url.pathname);
   let status = 500;

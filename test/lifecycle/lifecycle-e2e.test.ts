@@ -150,7 +150,37 @@ describe("backend state outlives config versions", () => {
     expect((await post(`${gw.url}/v1/chat/completions`, chat("m-broken"))).status).toBe(503);
     expect(cooling.sim.stats().requests).toHaveLength(1);
     expect(broken.sim.stats().requests).toHaveLength(1);
+    // The breaker's change was counted once, and the count survived the reloads.
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    expect(metrics).toMatch(/^sluice_backend_breaker_transitions_total\{backend="broken",state="open"\} 1$/m);
   }, 60_000);
+
+  it("the JWKS cache survives a reload: the keys are fetched once across versions", async () => {
+    const { exportJWK, generateKeyPair, SignJWT } = await import("jose");
+    const pair = await generateKeyPair("RS256", { extractable: true });
+    const jwk = { ...(await exportJWK(pair.publicKey)), kid: "k1", alg: "RS256", use: "sig" };
+    let fetches = 0;
+    const jwks: Server = createServer((_q, res) => {
+      fetches++;
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((r) => jwks.listen(0, "127.0.0.1", r));
+    onClose(() => new Promise((r) => jwks.close(r)));
+    const b = await sim("b");
+    const jwt = { jwksUrl: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/keys`, issuer: "https://issuer.test/", audience: "api://sluice" };
+    const config = (maxQueue: number): SluiceConfigInput => ({ auth: { jwt }, scheduling: { maxQueue }, backends: [{ name: "b", url: b.url, models: ["gpt-4o"] }] });
+    const gw = await gateway(config(100));
+    const token = await new SignJWT({ oid: "u" }).setProtectedHeader({ alg: "RS256", kid: "k1" }).setIssuer(jwt.issuer).setAudience(jwt.audience).setIssuedAt().setExpirationTime("5m").sign(pair.privateKey);
+    const call = async () => {
+      const r = await post(`${gw.url}/v1/chat/completions`, chat(), { authorization: `Bearer ${token}` });
+      await r.arrayBuffer();
+      return r.status;
+    };
+    expect(await call()).toBe(200);
+    expect((await gw.running.holder.apply({ text: JSON.stringify({ ...config(200), metering: gw.metering }), version: "v2", origin: "test" })).kind).toBe("swapped");
+    expect(await call()).toBe(200);
+    expect(fetches).toBe(1);
+  });
 
   it("metrics counters survive a reload", async () => {
     const b = await sim("b");
