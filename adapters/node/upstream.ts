@@ -3,8 +3,7 @@ import type { Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
 import type { HeaderSource } from "../../src/http/headers.ts";
 import { UpstreamIdle, UpstreamTimeout, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "../../src/proxy/attempt.ts";
-import type { BodyReader } from "../../src/proxy/idle-watch.ts";
-import { MAX_TIMER_MS } from "../../src/timers.ts";
+import { idleWatch, type BodyReader, type IdleEntry } from "../../src/proxy/idle-watch.ts";
 
 /** Statuses whose responses carry no body. */
 const NULL_BODY = new Set([204, 205, 304]);
@@ -92,23 +91,23 @@ export function readWhole(body: Readable, limit = Number.POSITIVE_INFINITY, tooL
  */
 function readWholeWithin(body: Readable, idleMs: number): Promise<BodyBytes> {
   return new Promise((resolve, reject) => {
-    const ms = Math.min(MAX_TIMER_MS, idleMs);
-    let timer = setTimeout(onIdle, ms);
-    function onIdle() {
-      body.destroy();
-      reject(new UpstreamIdle(idleMs));
-    }
-    body.on("data", () => {
-      clearTimeout(timer);
-      timer = setTimeout(onIdle, ms);
-    });
+    // The core's idle sweep, not a timer per answer: a deadline moved forward by each chunk.
+    const entry: IdleEntry = {
+      deadline: Date.now() + idleMs,
+      onIdle() {
+        body.destroy();
+        reject(new UpstreamIdle(idleMs));
+      },
+    };
+    idleWatch.watch(entry, idleMs);
+    body.on("data", () => (entry.deadline = Date.now() + idleMs));
     readWhole(body).then(
       (bytes) => {
-        clearTimeout(timer);
+        idleWatch.unwatch(entry);
         resolve(bytes);
       },
       (err: unknown) => {
-        clearTimeout(timer);
+        idleWatch.unwatch(entry);
         reject(err);
       },
     );

@@ -31,9 +31,12 @@ export const GATEWAY_RESPONSE_HEADERS = {
 const GATEWAY_OWNED = new Set<string>(Object.values(GATEWAY_RESPONSE_HEADERS));
 
 
+/** The usual Connection values name no other header: no set to build for them. */
+const PLAIN_CONNECTION = /^\s*(?:keep-alive|close)\s*$/i;
+
 function connectionListed(headers: HeaderSource): Set<string> | undefined {
   const c = headers.get("connection");
-  if (!c) return undefined;
+  if (!c || PLAIN_CONNECTION.test(c)) return undefined;
   return new Set(c.split(",").map((t) => t.trim().toLowerCase()));
 }
 

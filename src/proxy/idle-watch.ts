@@ -30,19 +30,22 @@ export class IdleWatch {
   }
 
   unwatch(entry: IdleEntry): void {
+    // The timer stops at the next sweep that finds nothing watched, not here: a busy gateway
+    // watches and unwatches on every request, and should not make a timer each time.
     this.entries.delete(entry);
-    if (!this.entries.size && this.timer) {
-      clearInterval(this.timer);
-      this.timer = undefined;
-      this.everyMs = 1000;
-    }
   }
 
   private sweep(): void {
+    if (!this.entries.size) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+      this.everyMs = 1000;
+      return;
+    }
     const now = this.now();
     for (const e of this.entries) {
       if (e.deadline > now) continue;
-      this.unwatch(e);
+      this.entries.delete(e);
       e.onIdle();
     }
   }
