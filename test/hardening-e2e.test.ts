@@ -233,3 +233,21 @@ describe("shutdown", () => {
     expect(body).not.toContain("[DONE]");
   });
 });
+
+describe("usage events of clients that left", () => {
+  it("a client that leaves while its answer is on the way: one event, attempts 1, status 499, the lease back", async () => {
+    const b = await sim("b");
+    b.sim.script([{ firstByteDelayMs: 600 }]);
+    const gw = await eventedGateway({ backends: [one("b", b.url)] });
+    const req = httpRequest(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json", "x-request-id": "left-1" } });
+    req.on("error", () => undefined);
+    req.end(chatBody());
+    await until("at the backend", () => b.sim.stats().requests.length === 1);
+    req.destroy();
+    await until("its usage event", () => gw.events().some((e) => e.requestId === "left-1"));
+    const events = gw.events().filter((e) => e.requestId === "left-1");
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ status: 499, attempts: 1, backend: "b" });
+    await servedNext(gw.url, "b");
+  });
+});
