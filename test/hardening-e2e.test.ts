@@ -251,3 +251,34 @@ describe("usage events of clients that left", () => {
     await servedNext(gw.url, "b");
   });
 });
+
+describe("requests the HTTP layer refuses", () => {
+  it("a request Node or @hono/node-server cannot take (unknown method, backslash, bad Host, * target) gets the gateway's 400 with the client's request id and a usage event", async () => {
+    const { connect } = await import("node:net");
+    const b = await sim("b");
+    const gw = await eventedGateway({ backends: [one("b", b.url)] });
+    const raw = (head: string) =>
+      new Promise<string>((resolve, reject) => {
+        const s = connect(gw.running.port, "127.0.0.1", () => s.end(head));
+        let out = "";
+        s.on("data", (d) => (out += d));
+        s.on("end", () => resolve(out));
+        s.on("error", reject);
+      });
+    const cases = [
+      "FOO /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: bad-1\r\n\r\n",
+      "POST /v1\\chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: bad-2\r\ncontent-length: 2\r\n\r\n{}",
+      "GET /v1/models HTTP/1.1\r\nhost: evil.example/x\r\nx-request-id: bad-3\r\n\r\n",
+      "OPTIONS * HTTP/1.1\r\nhost: x\r\nx-request-id: bad-4\r\n\r\n",
+    ];
+    for (const [i, head] of cases.entries()) {
+      const answer = await raw(head);
+      expect(answer, head).toMatch(/^HTTP\/1\.1 400 /);
+      expect(answer.toLowerCase(), head).toContain(`x-request-id: bad-${i + 1}`);
+      expect(answer, head).toContain('"type":"sluice_error"');
+    }
+    await until("one event each", () => cases.every((_, i) => gw.events().some((e) => e.requestId === `bad-${i + 1}`)));
+    expect(gw.events().map((e) => e.status)).toEqual([400, 400, 400, 400]);
+    expect(b.sim.stats().requests).toHaveLength(0);
+  });
+});

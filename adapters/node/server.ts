@@ -1,11 +1,14 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
-import { serve } from "@hono/node-server";
+import type { Duplex } from "node:stream";
+import { getRequestListener } from "@hono/node-server";
 import type { SluiceConfig } from "../../src/config/schema.ts";
 import { createGateway, type Gateway } from "../../src/gateway.ts";
 import type { RequestLine } from "../../src/pipeline/run.ts";
 import { BodyTooLarge, checkDeclaredLength, readBodyWithin } from "../../src/pipeline/body.ts";
 import { OPERATOR_LISTENER } from "../../src/ops.ts";
+import { unparsedRequestEvent } from "../../src/pipeline/exchange.ts";
+import { resolvePriority } from "../../src/priority.ts";
 import { interruptAll } from "../../src/proxy/relay.ts";
 import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
@@ -92,17 +95,81 @@ export interface GatewayServerOptions {
   operatorPort?: number;
 }
 
+/** A refused request's answer and its usage event: the gateway's error shape, with a request id. */
+type Refuse = (requestId: string | undefined, status: number, code: string, message: string) => { requestId: string; head: string; body: string };
+
+function refusal(refused: (requestId: string, status: number) => void): Refuse {
+  return (given, status, code, message) => {
+    const requestId = given !== undefined && SAFE_ID.test(given) ? given : crypto.randomUUID();
+    const body = JSON.stringify({ error: { message, type: "sluice_error", code } });
+    refused(requestId, status);
+    return { requestId, body, head: `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${requestId}\r\nconnection: close` };
+  };
+}
+
+/** host[:port], or [IPv6][:port]: what a URL can be built from. */
+const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
+
+function validHost(host: string): boolean {
+  const m = HOST.exec(host);
+  return m !== null && (m[1] === undefined || Number(m[1]) <= 65_535);
+}
+
+/** The request ids the core passes on (src/pipeline/run.ts), for answers given before it runs. */
+const SAFE_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+
+/**
+ * What a client gets when Node's HTTP parser refuses its request before the gateway sees it (a
+ * character not allowed in the target, a malformed header): the gateway's own error, with the
+ * client's request id when it can be read, and a usage event like every other answer.
+ */
+function answerUnparsed(err: NodeJS.ErrnoException, socket: Duplex, refuse: Refuse): void {
+  if (!socket.writable || err.code === "ECONNRESET") {
+    socket.destroy();
+    return;
+  }
+  const raw = (err as { rawPacket?: Buffer }).rawPacket?.toString("latin1") ?? "";
+  const given = /\r\nx-request-id:[ \t]*([^\r\n]*?)[ \t]*\r\n/i.exec(raw)?.[1];
+  const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
+  const r = refuse(given, tooLarge ? 431 : 400, tooLarge ? "headers_too_large" : "malformed_request", tooLarge ? "the request's headers are too large" : "the request could not be parsed as HTTP");
+  socket.end(`HTTP/1.1 ${tooLarge ? "431 Request Header Fields Too Large" : "400 Bad Request"}\r\n${r.head}\r\n\r\n${r.body}`);
+}
+
+/**
+ * Requests @hono/node-server would refuse with a bare 400 (a backslash in the target, no Host
+ * header) get the gateway's own 400 instead; the rest go to the app.
+ */
+function guarded(listener: (req: IncomingMessage, res: ServerResponse) => void, refuse: Refuse) {
+  return (req: IncomingMessage, res: ServerResponse) => {
+    const host = req.headers.host;
+    const problem = req.url?.includes("\\")
+      ? "the request target holds a backslash"
+      : host === undefined
+        ? "the request has no Host header"
+        : !validHost(host)
+          ? "the Host header is not a host name with an optional port"
+          : !req.url?.startsWith("/")
+            ? "the request target is not a path (absolute-form and * are not served)"
+            : undefined;
+    if (!problem) return listener(req, res);
+    const id = req.headers["x-request-id"];
+    const r = refuse(typeof id === "string" ? id : undefined, 400, "invalid_path", problem);
+    res.writeHead(400, { "content-type": "application/json", "x-request-id": r.requestId, connection: "close" });
+    res.end(r.body);
+  };
+}
+
 /** One listener: @hono/node-server over node:http, Nagle off, every header field counted. */
-async function listen(fetch: Gateway["fetch"], hostname: string, port: number): Promise<Server> {
-  const server = serve({
-    fetch,
-    hostname,
-    port,
-    createServer,
-    // Headers up to 128 KiB reach the gateway, so an oversized token gets its 401 rather than a bare 431.
-    serverOptions: { noDelay: true, keepAlive: true, keepAliveTimeout: 65_000, maxHeaderSize: 128 * 1024 },
-  }) as Server;
+async function listen(fetch: Gateway["fetch"], hostname: string, port: number, refused: (requestId: string, status: number) => void): Promise<Server> {
+  const refuse = refusal(refused);
+  // Headers up to 128 KiB reach the gateway, so an oversized token gets its 401 rather than a bare 431.
+  const server = createServer(
+    { noDelay: true, keepAlive: true, keepAliveTimeout: 65_000, maxHeaderSize: 128 * 1024 },
+    guarded(getRequestListener(fetch, { hostname }), refuse),
+  );
+  server.listen(port, hostname);
   server.on("connection", (socket: Socket) => socket.setNoDelay(true));
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => answerUnparsed(err, socket, refuse));
   // Node keeps only the first 1,000-odd header fields and drops the rest silently; with no count
   // limit here (maxHeaderSize still bounds the bytes) the gateway sees them all and answers 431.
   server.maxHeadersCount = 0;
@@ -131,11 +198,17 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
   );
   const host = overrides.host ?? config.server.host;
-  const server = await listen(holder.fetch, host, overrides.port ?? config.server.port);
+  const refused = (requestId: string, status: number) => {
+    const cfg = holder.config;
+    const event = unparsedRequestEvent(requestId, status, Date.now(), resolvePriority(cfg.priorities.default, cfg.priorities.levels)!);
+    runtime.metrics.emit(event);
+    for (const s of usage.sinks) s.emit(event);
+  };
+  const server = await listen(holder.fetch, host, overrides.port ?? config.server.port, refused);
   const port = (server.address() as AddressInfo).port;
   // The gateway's own endpoints on a listener of their own (server.operatorPort), marked so the core knows.
   const operator =
-    operatorPort === undefined ? undefined : await listen((request, env) => holder.fetch(request, { ...(env as object), [OPERATOR_LISTENER]: true }), host, operatorPort);
+    operatorPort === undefined ? undefined : await listen((request, env) => holder.fetch(request, { ...(env as object), [OPERATOR_LISTENER]: true }), host, operatorPort, refused);
   const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
 
   const close = async (graceMs = holder.config.server.shutdownGraceMs) => {

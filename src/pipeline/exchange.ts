@@ -3,6 +3,38 @@ import type { Usage } from "../metering/usage.ts";
 import type { UsageEvent, UsageSink } from "../metering/events.ts";
 import type { Scheduler, SlotRelease } from "../scheduling/port.ts";
 
+/**
+ * The usage event of a request refused before it could be parsed as one (the runtime's HTTP
+ * parser refused it: a bad request line, oversized headers): every answer has one.
+ */
+export function unparsedRequestEvent(requestId: string, status: number, at: number, priority: number): UsageEvent {
+  return {
+    time: new Date(at).toISOString(),
+    requestId,
+    caller: "unknown",
+    app: null,
+    priority,
+    model: null,
+    operation: null,
+    backend: null,
+    status,
+    attempts: 0,
+    queueMs: 0,
+    ttfbMs: null,
+    totalMs: 0,
+    promptTokens: null,
+    completionTokens: null,
+    totalTokens: null,
+    cachedTokens: null,
+    cacheCreationTokens: null,
+    reasoningTokens: null,
+    usageSource: null,
+    stream: false,
+    async: false,
+    truncated: false,
+  };
+}
+
 /** What an exchange needs to settle. */
 export interface SettleDeps {
   sink: UsageSink;

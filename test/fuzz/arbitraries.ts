@@ -66,8 +66,10 @@ const RESERVED = new Set(["content-length", "transfer-encoding", "host", "connec
 export const methodArb = fc.oneof(
   { weight: 12, arbitrary: fc.constant("POST") },
   { weight: 5, arbitrary: fc.constantFrom("GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS") },
-  // Methods Node's parser knows but nobody sends to an LLM API, and lower case (Node's client upper-cases).
-  { weight: 1, arbitrary: fc.constantFrom("PROPFIND", "PURGE", "MKCOL", "SEARCH", "M-SEARCH", "REPORT", "LINK", "UNLINK", "NOTIFY", "TRACE", "post", "Get") },
+  // Methods Node's parser knows but nobody sends to an LLM API, and lower case (Node's client
+  // upper-cases). Not TRACE: the gateway passes it on, and the simulator answers every TRACE with
+  // its own 500 (it cannot build a Request for it) — a simulator limitation, not a gateway answer.
+  { weight: 1, arbitrary: fc.constantFrom("PROPFIND", "PURGE", "MKCOL", "SEARCH", "M-SEARCH", "REPORT", "LINK", "UNLINK", "NOTIFY", "post", "Get") },
   // Tokens no parser knows.
   { weight: 1, arbitrary: fc.constantFrom("FOO", "BREW", "X", "POSTX", "GETT") },
 );
@@ -79,7 +81,7 @@ const PATH_CHARS = [..."abcXYZ019-_.~!$&'()*+,;=:@%"];
 
 /** A deployment (or any path segment): known models, unicode, bad escapes, dot segments, very long. */
 export const segmentArb = fc.oneof(
-  { weight: 5, arbitrary: fc.constantFrom("gpt-4o", "gpt-4o-mini", "gpt-35-turbo", "text-embedding-3-small", "unknown-model") },
+  { weight: 12, arbitrary: fc.constantFrom("gpt-4o", "gpt-4o-mini", "gpt-35-turbo", "text-embedding-3-small", "unknown-model") },
   { weight: 2, arbitrary: fc.string({ unit: "grapheme", minLength: 1, maxLength: 12 }).map(encodeURIComponent) },
   {
     weight: 3,
@@ -178,11 +180,14 @@ export const targetArb = fc.oneof(
 // ---------------------------------------------------------------------------------------------
 // Header fields
 
+// Each of the gateway's own inputs is mostly valid, so most requests still reach a backend.
 const priorityArb = fc.oneof(
-  fc.constantFrom("high", "normal", "low", "HIGH", " Low ", "1", "2", "3", "0", "-1", "4", "2.0", "1e1", "01", "+1", "99999999999999999999999", "-99999999999999999999", "", "urgent", "normal,low", "NaN"),
-  fieldValue,
+  { weight: 6, arbitrary: fc.constantFrom("high", "normal", "low", "HIGH", " Low ", "1", "2", "3") },
+  { weight: 2, arbitrary: fc.constantFrom("0", "-1", "4", "2.0", "1e1", "01", "+1", "99999999999999999999999", "-99999999999999999999", "", "urgent", "normal,low", "NaN") },
+  { weight: 1, arbitrary: fieldValue },
 );
 const ttlArb = fc.oneof(
+  { weight: 5, arbitrary: fc.constantFrom("0.5", "1", "2.5", "10", "30", "3600", "2099-01-01T00:00:00Z", "+99999999999") },
   fc.constantFrom(
     "0",
     "0.001",
@@ -227,9 +232,9 @@ const hostArb = fc.constantFrom("evil.example", "localhost", "127.0.0.1:1", "[::
 
 /** One named field: the gateway's own inputs mostly, then any token. */
 const namedFieldArb: fc.Arbitrary<[string, string]> = fc.oneof(
-  { weight: 4, arbitrary: fc.tuple(fc.constant("x-priority"), priorityArb) },
-  { weight: 4, arbitrary: fc.tuple(fc.constant("S7PTTL"), ttlArb) },
-  { weight: 2, arbitrary: fc.tuple(fc.constant("S7PPriorityKey"), fc.oneof(fc.constantFrom("gold", "bronze", "GOLD", "silver", ""), fieldValue)) },
+  { weight: 3, arbitrary: fc.tuple(fc.constant("x-priority"), priorityArb) },
+  { weight: 3, arbitrary: fc.tuple(fc.constant("S7PTTL"), ttlArb) },
+  { weight: 2, arbitrary: fc.tuple(fc.constant("S7PPriorityKey"), fc.oneof({ weight: 4, arbitrary: fc.constantFrom("gold", "bronze") }, { weight: 1, arbitrary: fc.constantFrom("GOLD", "silver", "") }, { weight: 1, arbitrary: fieldValue })) },
   { weight: 2, arbitrary: fc.tuple(fc.constant("x-backend-affinity"), fc.oneof(fc.constantFrom("azure", "openai", "AZURE", "nobody", ""), fieldValue)) },
   { weight: 3, arbitrary: fc.tuple(fc.constant("content-type"), contentTypeArb) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom("authorization", "api-key", "ocp-apim-subscription-key", "x-api-key"), credentialArb) },
@@ -248,7 +253,7 @@ const namedFieldArb: fc.Arbitrary<[string, string]> = fc.oneof(
 // Bodies
 
 const modelValueArb = fc.oneof(
-  { weight: 8, arbitrary: fc.constantFrom("gpt-4o", "gpt-4o-mini") },
+  { weight: 16, arbitrary: fc.constantFrom("gpt-4o", "gpt-4o-mini") },
   {
     weight: 4,
     arbitrary: fc.constantFrom("\ud800", "\udc00", "a\ud800b", "..", ".", "", "gpt-4o\u0000", "gpt-4o\n", "a".repeat(256), "a".repeat(257), "gpt-4o/../x", "%2e%2e", "*", "gpt-4o ", "GPT-4O", "\ud83d\ude00", "unknown-model", "é"),
@@ -285,7 +290,7 @@ export const jsonBodyArb: fc.Arbitrary<Record<string, unknown>> = fc.record(
     max_completion_tokens: tokensArb,
     max_output_tokens: tokensArb,
     n: nArb,
-    stream: fc.oneof({ weight: 4, arbitrary: fc.boolean() }, { weight: 1, arbitrary: fc.constantFrom("true", 1, null) }),
+    stream: fc.oneof({ weight: 6, arbitrary: fc.constant(true) }, { weight: 3, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constantFrom("true", 1, null) }),
     stream_options: fc.constantFrom({ include_usage: true }, { include_usage: false }, null, "x", {}),
     input: fc.oneof(fc.string({ maxLength: 30 }), fc.array(fc.string({ maxLength: 10 }), { maxLength: 3 }), fc.array(fc.integer({ min: 0, max: 1000 }), { maxLength: 5 })),
     prompt: fc.oneof(fc.string({ maxLength: 30 }), fc.array(fc.string({ maxLength: 10 }), { maxLength: 2 })),
@@ -328,19 +333,25 @@ const faultHeadersArb = fc.record(
   { requiredKeys: [] },
 );
 
-export const faultArb: fc.Arbitrary<SimFault> = fc.record(
-  {
-    status: fc.oneof(fc.constantFrom(200, 201, 204, 206, 301, 304, 400, 401, 403, 404, 408, 409, 413, 422, 429, 499, 500, 501, 502, 503, 504, 505, 529, 599), fc.integer({ min: 200, max: 599 })),
-    headers: faultHeadersArb,
-    requeue: fc.boolean(),
-    reset: fc.oneof(fc.constant("before-headers" as const), fc.integer({ min: 0, max: 4 })),
-    stallAfter: fc.integer({ min: 0, max: 3 }),
-    firstByteDelayMs: fc.integer({ min: 0, max: 300 }),
-    chunks: fc.integer({ min: 0, max: 20 }),
-    paceMs: fc.integer({ min: 0, max: 40 }),
-  },
-  { requiredKeys: [] },
-);
+export const faultArb: fc.Arbitrary<SimFault> = fc
+  .record(
+    {
+      status: fc.oneof(fc.constantFrom(200, 201, 204, 206, 301, 304, 400, 401, 403, 404, 408, 409, 413, 422, 429, 499, 500, 501, 502, 503, 504, 505, 529, 599), fc.integer({ min: 200, max: 599 })),
+      headers: faultHeadersArb,
+      requeue: fc.boolean(),
+      reset: fc.oneof(fc.constant("before-headers" as const), fc.integer({ min: 0, max: 4 })),
+      stallAfter: fc.integer({ min: 0, max: 3 }),
+      firstByteDelayMs: fc.integer({ min: 0, max: 300 }),
+      chunks: fc.integer({ min: 0, max: 20 }),
+      paceMs: fc.integer({ min: 0, max: 40 }),
+    },
+    { requiredKeys: [] },
+  )
+  // A stall after a JSON answer's only chunk has sent the whole body (its content-length says
+  // so) yet the simulator never ends the response: the keep-alive connection looks idle to the
+  // gateway's pool but is never served again, and a LATER case's request on it times out. Closing
+  // the connection after a stalled answer keeps each case's fault to that case.
+  .map((f) => (f.stallAfter === undefined ? f : { ...f, headers: { ...f.headers, connection: "close" } }));
 
 const faultChoiceArb: fc.Arbitrary<FuzzRequest["fault"]> = fc.oneof(
   { weight: 12, arbitrary: fc.constant(null) },
@@ -358,7 +369,7 @@ export const abortArb: fc.Arbitrary<Abort> = fc.oneof(
 export const requestArb: fc.Arbitrary<FuzzRequest> = fc.record({
   method: methodArb,
   target: targetArb,
-  headers: fc.array(namedFieldArb, { maxLength: 6 }),
+  headers: fc.array(namedFieldArb, { maxLength: 5 }),
   manyHeaders: fc.oneof({ weight: 20, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 100, max: 400 }) }, { weight: 1, arbitrary: fc.integer({ min: 985, max: 1100 }) }),
   body: bodyArb,
   chunked: fc.boolean(),
@@ -366,11 +377,11 @@ export const requestArb: fc.Arbitrary<FuzzRequest> = fc.record({
   abort: abortArb,
 });
 
-/** One case: mostly one request, sometimes two or three at once (the azure backend takes two at a time). */
-export const caseArb: fc.Arbitrary<FuzzRequest[]> = fc.oneof(
-  { weight: 5, arbitrary: requestArb.map((r) => [r]) },
-  { weight: 1, arbitrary: fc.array(requestArb, { minLength: 2, maxLength: 3 }) },
-);
+/**
+ * One case: one to three requests sent at once (the azure backend takes two at a time, so a
+ * third may queue). Shrinking drops the ones a failure does not need.
+ */
+export const caseArb: fc.Arbitrary<FuzzRequest[]> = fc.array(requestArb, { minLength: 1, maxLength: 3 });
 
 /**
  * Whether the simulator was asked to fail in a way the gateway may pass on as a 5xx: a 5xx

@@ -4,7 +4,7 @@
  * the answer, and reads the gateway's NDJSON usage file as it grows.
  */
 import { closeSync, openSync, readSync } from "node:fs";
-import { request, type IncomingHttpHeaders, type OutgoingHttpHeaders } from "node:http";
+import { request, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from "node:http";
 import type { FuzzBody, FuzzRequest } from "./arbitraries.ts";
 
 export interface Reply {
@@ -20,6 +20,8 @@ export interface Reply {
   error?: string;
   /** No answer within the client's hard limit. */
   hung: boolean;
+  /** Node's client refused to send the request (a generator bug). */
+  unsendable?: string;
   ms: number;
 }
 
@@ -56,6 +58,8 @@ export function send(r: FuzzRequest, o: SendOptions): Promise<Reply> {
   const started = Date.now();
   const headers: OutgoingHttpHeaders = {};
   const add = (name: string, value: string) => {
+    // Node's client takes one Host only (the last generated one wins).
+    if (name.toLowerCase() === "host") return void (headers[name] = value);
     const prev = headers[name];
     headers[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [String(prev), value];
   };
@@ -94,7 +98,15 @@ export function send(r: FuzzRequest, o: SendOptions): Promise<Reply> {
       finish();
     }, o.hardLimitMs);
 
-    const req = request({ hostname: "127.0.0.1", port: o.port, path: r.target, method: r.method, headers, agent: false }, (res) => {
+    let req: ReturnType<typeof request>;
+    try {
+      req = request({ hostname: "127.0.0.1", port: o.port, path: r.target, method: r.method, headers, agent: false }, onResponse);
+    } catch (err) {
+      // Node's client refused to put this on the wire: a generator bug, not a gateway answer.
+      reply.unsendable = (err as Error).message;
+      return finish();
+    }
+    function onResponse(res: IncomingMessage) {
       reply.status = res.statusCode;
       reply.headers = res.headers;
       if (r.abort === "after-headers") return abandon();
@@ -109,7 +121,7 @@ export function send(r: FuzzRequest, o: SendOptions): Promise<Reply> {
         finish();
       });
       res.on("close", finish);
-    });
+    }
     req.on("error", (err) => {
       if (!done && !reply.aborted) reply.error = `request: ${(err as NodeJS.ErrnoException).code ?? ""} ${err.message}`;
       finish();

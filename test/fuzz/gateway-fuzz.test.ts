@@ -27,14 +27,14 @@ import { caseArb, faultMayFail, type FuzzRequest } from "./arbitraries.ts";
 import { getJson, send, UsageLog, type Reply } from "./client.ts";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 1107);
-const RUNS = Number(process.env.FUZZ_RUNS ?? 250);
+const RUNS = Number(process.env.FUZZ_RUNS ?? 300);
 const MAX_BODY_BYTES = 64 * 1024;
 const TIMEOUT_MS = 2_000;
 const IDLE_TIMEOUT_MS = 500;
 /** A request that takes longer than this is a hang (the slowest generated fault takes about 2 s). */
 const HARD_LIMIT_MS = 10_000;
 /** How long an event or a lease may take to show after the answer ended (or the client left). */
-const SETTLE_WAIT_MS = 3_000;
+const SETTLE_WAIT_MS = 2_000;
 
 interface Health {
   backends: { name: string; inFlight: number }[];
@@ -136,6 +136,7 @@ async function runCase(requests: FuzzRequest[]): Promise<string[]> {
     const r = requests[i]!;
     const id = ids[i]!;
     const what = `request ${i} (${id}): ${describeReply(reply)}`;
+    if (reply.unsendable !== undefined) throw new Error(`the generator made a request Node's client refuses to send (${reply.unsendable}): ${JSON.stringify(r).slice(0, 500)}`);
     if (reply.hung) problems.push(`no answer within ${HARD_LIMIT_MS} ms — ${what}`);
     if (reply.aborted) {
       // The client left on purpose: what it saw before, if anything, must still carry the id.
@@ -186,11 +187,13 @@ describe("gateway fuzz (fast-check, Node over real sockets)", () => {
   );
 
   it("no request got a second usage event later on", async () => {
+    // The property checks each case right after it; this catches a duplicate emitted later still
+    // (missing events are the property's to report).
     await sleep(300);
     await barrier();
     usage.refresh();
     const counts = usage.counts();
-    const off = sent.filter((id) => counts.get(id) !== 1).map((id) => `${id}: ${counts.get(id) ?? 0}`);
-    expect(off, "request ids without exactly one usage event").toEqual([]);
+    const doubled = sent.filter((id) => (counts.get(id) ?? 0) > 1).map((id) => `${id}: ${counts.get(id)} events ${JSON.stringify(usage.events(id))}`);
+    expect(doubled, "request ids with more than one usage event").toEqual([]);
   });
 });
