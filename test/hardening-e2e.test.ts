@@ -160,9 +160,18 @@ describe("inputs refused with a clear 4xx, nothing held", () => {
     for (const p of paths) expect(await raw(p), p).toBe(400);
     // A body model of ".." would collapse the deployment path.
     expect((await post(`${gw.url}/v1/chat/completions`, chatBody(".."))).status).toBe(400);
+    // TRACE would echo the request back: never forwarded.
+    expect(await new Promise<number>((resolve, reject) => {
+      const req = httpRequest({ hostname: "127.0.0.1", port: gw.running.port, path: "/openai/files", method: "TRACE" }, (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      });
+      req.on("error", reject);
+      req.end();
+    })).toBe(405);
     expect(b.sim.stats().requests).toHaveLength(0);
-    await until("one event each", () => gw.events().length === paths.length + 1);
-    expect(new Set(gw.events().map((e) => e.status))).toEqual(new Set([400]));
+    await until("one event each", () => gw.events().length === paths.length + 2);
+    expect(new Set(gw.events().map((e) => e.status))).toEqual(new Set([400, 405]));
     await servedNext(gw.url, "b");
   });
 

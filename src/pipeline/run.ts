@@ -99,6 +99,10 @@ async function steps(ctx: PipelineContext, ex: Exchange, request: Request, env: 
   if (line?.headerCount !== undefined && line.headerCount > MAX_HEADERS) {
     return refuse(ex, apiOfPath(url.pathname), { status: 431, code: "too_many_headers", message: `the request has more than ${MAX_HEADERS} headers` });
   }
+  // TRACE would echo the request (its headers included) back; CONNECT would open a tunnel.
+  if (request.method === "TRACE" || request.method === "CONNECT") {
+    return refuse(ex, apiOfPath(url.pathname), { status: 405, code: "method_not_allowed", message: `${request.method} is not served`, headers: { allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" } });
+  }
   checkPath(line?.target ?? url.pathname);
   stripQueryCredentials(url);
   const who = await ctx.authenticator.identify(request.headers);
