@@ -68,3 +68,20 @@ async function startMiniflareGateway(config: SluiceConfigInput, stdout?: (s: Rea
   const url = await mf.ready;
   return { url: url.origin, close: () => mf.dispose() };
 }
+
+/**
+ * One of several Worker scripts sharing Durable Objects: `objectsIn` names the script that
+ * defines them (undefined: this one). Each script is its own isolate with its own gateway.
+ */
+export function gatewayScript(contents: string, name: string, objectsIn: string | undefined, extra: { bindings?: Record<string, string>; kvNamespaces?: string[]; limiter?: boolean } = {}) {
+  const bound = (cls: typeof SCHEDULER_CLASS | typeof LIMITER_CLASS) => (objectsIn ? { ...cls, scriptName: objectsIn } : cls);
+  return {
+    name,
+    modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
+    compatibilityDate: COMPATIBILITY_DATE,
+    compatibilityFlags: COMPATIBILITY_FLAGS,
+    ...(extra.kvNamespaces ? { kvNamespaces: extra.kvNamespaces } : {}),
+    bindings: extra.bindings ?? {},
+    durableObjects: { SCHEDULER: bound(SCHEDULER_CLASS), ...(extra.limiter ? { LIMITER: bound(LIMITER_CLASS) } : {}) },
+  };
+}

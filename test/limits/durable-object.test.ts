@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import type { Admission, LimitScope, RateLimiter, Reservation } from "../../src/governance/limits.ts";
-import { bundleForWorkers, bundleWorker, COMPATIBILITY_DATE, COMPATIBILITY_FLAGS, LIMITER_CLASS, SCHEDULER_CLASS, startWorkersGateway } from "../harness/workers.ts";
+import { bundleForWorkers, bundleWorker, gatewayScript, LIMITER_CLASS, startWorkersGateway } from "../harness/workers.ts";
 import type { GatewayUnderTest } from "../harness/types.ts";
 import { limiterConformance, type LimiterUnderTest } from "./limiter-suite.ts";
 
@@ -216,17 +216,7 @@ describe("durable object limiter: the gateway Worker", () => {
     const budget = RESERVED + 10;
     const config = configFor(sim, budget);
     const contents = await bundleWorker();
-    const worker = (name: string, scriptName?: string) => ({
-      name,
-      modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
-      compatibilityDate: COMPATIBILITY_DATE,
-      compatibilityFlags: COMPATIBILITY_FLAGS,
-      bindings: { SLUICE_CONFIG: JSON.stringify(config) },
-      durableObjects: {
-        SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS,
-        LIMITER: scriptName ? { ...LIMITER_CLASS, scriptName } : LIMITER_CLASS,
-      },
-    });
+    const worker = (name: string, objectsIn?: string) => gatewayScript(contents, name, objectsIn, { bindings: { SLUICE_CONFIG: JSON.stringify(config) }, limiter: true });
     // Two Worker scripts: two isolates, each with its own gateway, one LimiterObject (in "a").
     const mf = new Miniflare({ workers: [worker("a"), worker("b", "a")] });
     closers.push(() => mf.dispose());

@@ -10,7 +10,7 @@ import { startSimulator, type RunningSimulator } from "../../adapters/node/simul
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import type { ClientSignal } from "../../src/proxy/attempt.ts";
 import type { Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "../../src/scheduling/port.ts";
-import { bundleForWorkers, bundleWorker, COMPATIBILITY_DATE, COMPATIBILITY_FLAGS, SCHEDULER_CLASS } from "../harness/workers.ts";
+import { bundleForWorkers, bundleWorker, gatewayScript, SCHEDULER_CLASS } from "../harness/workers.ts";
 import { schedulerConformance } from "./scheduler-suite.ts";
 
 /**
@@ -147,14 +147,7 @@ describe("durable object scheduler: one queue for every isolate", () => {
       scheduling: { reservedShare: 0 },
     };
     const contents = await bundleWorker();
-    const worker = (name: string, scriptName?: string) => ({
-      name,
-      modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
-      compatibilityDate: COMPATIBILITY_DATE,
-      compatibilityFlags: COMPATIBILITY_FLAGS,
-      bindings: { SLUICE_CONFIG: JSON.stringify(config) },
-      durableObjects: { SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS },
-    });
+    const worker = (name: string, objectsIn?: string) => gatewayScript(contents, name, objectsIn, { bindings: { SLUICE_CONFIG: JSON.stringify(config) } });
     // Two Worker scripts: two isolates, each with its own gateway, one SchedulerObject (in "a").
     mf = new Miniflare({ workers: [worker("a"), worker("b", "a")] });
     const [a, b] = await Promise.all([mf.getWorker("a"), mf.getWorker("b")]);
@@ -208,16 +201,8 @@ describe("durable object scheduler: one queue for every isolate", () => {
       scheduling: { reservedShare: 0 },
     };
     const contents = await bundleWorker();
-    const worker = (name: string, scriptName?: string) => ({
-      name,
-      modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
-      compatibilityDate: COMPATIBILITY_DATE,
-      compatibilityFlags: COMPATIBILITY_FLAGS,
-      // No SLUICE_CONFIG: the config is in the namespace both scripts bind.
-      kvNamespaces: ["SLUICE_CONFIG_KV"],
-      bindings: { SLUICE_CONFIG_KV_TTL_MS: "200" },
-      durableObjects: { SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS },
-    });
+    // No SLUICE_CONFIG: the config is in the namespace both scripts bind.
+    const worker = (name: string, objectsIn?: string) => gatewayScript(contents, name, objectsIn, { kvNamespaces: ["SLUICE_CONFIG_KV"], bindings: { SLUICE_CONFIG_KV_TTL_MS: "200" } });
     // Two Worker scripts: two isolates, each with its own gateway, one SchedulerObject (in "a").
     mf = new Miniflare({ workers: [worker("a"), worker("b", "a")] });
     const kv = await mf.getKVNamespace("SLUICE_CONFIG_KV", "a");
@@ -257,15 +242,8 @@ describe("durable object scheduler: one queue for every isolate", () => {
     const version = (backend: string) =>
       JSON.stringify({ metering: { sinks: [] }, backends: [{ name: backend, url: sim!.url, kind: "openai", models: ["gpt-4o"], maxConcurrency: 1, auth: { type: "none" } }] });
     const contents = await bundleWorker();
-    const worker = (name: string, ttlMs: number, scriptName?: string) => ({
-      name,
-      modules: [{ type: "ESModule" as const, path: `${name}.js`, contents }],
-      compatibilityDate: COMPATIBILITY_DATE,
-      compatibilityFlags: COMPATIBILITY_FLAGS,
-      kvNamespaces: ["SLUICE_CONFIG_KV"],
-      bindings: { SLUICE_CONFIG_KV_TTL_MS: String(ttlMs) },
-      durableObjects: { SCHEDULER: scriptName ? { ...SCHEDULER_CLASS, scriptName } : SCHEDULER_CLASS },
-    });
+    const worker = (name: string, ttlMs: number, objectsIn?: string) =>
+      gatewayScript(contents, name, objectsIn, { kvNamespaces: ["SLUICE_CONFIG_KV"], bindings: { SLUICE_CONFIG_KV_TTL_MS: String(ttlMs) } });
     // The objects live in "a" and re-read KV every 100 ms; isolate "b" keeps what it read for a minute.
     mf = new Miniflare({ workers: [worker("a", 100), worker("b", 60_000, "a")] });
     const kv = await mf.getKVNamespace("SLUICE_CONFIG_KV", "a");
