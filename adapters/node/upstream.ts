@@ -4,6 +4,7 @@ import { Agent, type Dispatcher } from "undici";
 import type { HeaderSource } from "../../src/http/headers.ts";
 import { UpstreamIdle, UpstreamTimeout, type BodyBytes, type ClientSignal, type UpstreamFetch, type UpstreamResponse } from "../../src/proxy/attempt.ts";
 import { idleWatch, type BodyReader, type IdleEntry } from "../../src/proxy/idle-watch.ts";
+import { clampDelay } from "../../src/timers.ts";
 
 /** Statuses whose responses carry no body. */
 const NULL_BODY = new Set([204, 205, 304]);
@@ -135,7 +136,7 @@ class AttemptSignal implements ClientSignal {
     this.timer = setTimeout(() => {
       this.timedOut = true;
       this.abort(new UpstreamTimeout(timeoutMs));
-    }, timeoutMs);
+    }, clampDelay(timeoutMs));
     if (client?.aborted) this.abort(client.reason);
     else client?.addEventListener("abort", this.onClientAbort, { once: true });
   }

@@ -1,3 +1,4 @@
+import { clampDelay } from "../timers.ts";
 import type { HeaderPairs } from "../types.ts";
 
 /**
@@ -43,8 +44,6 @@ export interface Token {
   expiresAt: number;
 }
 
-/** Longest delay a timer may be given (setTimeout's 32-bit limit). */
-const MAX_TIMER_MS = 2_147_483_647;
 /** A token is renewed this long before it expires (Azure AD tokens live 60–90 min). */
 const RENEW_BEFORE_MS = 5 * 60_000;
 /** After a failed fetch, the next try waits this long. */
@@ -108,7 +107,7 @@ export class RefreshingTokenCredentials implements CredentialProvider {
   private schedule(inMs: number): void {
     if (this.closed) return;
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.refresh(), Math.min(MAX_TIMER_MS, Math.max(1_000, inMs)));
+    this.timer = setTimeout(() => void this.refresh(), clampDelay(inMs, 1_000));
     // A background renewal must not keep a Node process alive on its own.
     (this.timer as { unref?: () => void }).unref?.();
   }

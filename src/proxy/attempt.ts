@@ -1,4 +1,5 @@
 import type { BodyBytes, ClientSignal, HeaderPairs, HeaderSource } from "../types.ts";
+import { clampDelay } from "../timers.ts";
 import { UpstreamIdle, type BodyReader } from "./idle-watch.ts";
 
 export { UpstreamIdle };
@@ -63,7 +64,7 @@ export function webUpstream(fetchFn: typeof fetch = (input, init) => fetch(input
     const timer = setTimeout(() => {
       timedOut = true;
       controller.abort();
-    }, r.timeoutMs);
+    }, clampDelay(r.timeoutMs));
     try {
       return await fetchFn(url, { method: r.method, headers: r.headers, body: r.body, signal: controller.signal, redirect: "manual" });
     } catch (err) {

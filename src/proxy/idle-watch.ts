@@ -1,3 +1,5 @@
+import { clampDelay } from "../timers.ts";
+
 /** One watched body read: it is over when `deadline` passes before the next `touch`. */
 export interface IdleEntry {
   /** Epoch ms after which the body counts as idle. */
@@ -21,7 +23,7 @@ export class IdleWatch {
 
   watch(entry: IdleEntry, idleMs: number): void {
     this.entries.add(entry);
-    const every = Math.max(5, Math.min(1000, Math.floor(idleMs / 4)));
+    const every = Math.min(1000, clampDelay(Math.floor(idleMs / 4), 5));
     if (this.timer && every >= this.everyMs) return;
     if (this.timer) clearInterval(this.timer);
     this.everyMs = every;

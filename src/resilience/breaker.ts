@@ -1,3 +1,5 @@
+import { MAX_TIMER_MS } from "../timers.ts";
+
 export type BreakerState = "closed" | "open" | "half-open";
 
 /** What opens a closed circuit. */
@@ -40,8 +42,8 @@ export interface BreakerChange {
   reason: BreakerChangeReason;
 }
 
-/** The longest delay setTimeout takes without firing at once (2^31 − 1 ms, ~24.8 days). */
-export const MAX_BREAKER_MS = 2 ** 31 - 1;
+/** The longest interval a breaker uses: what a timer can wait for (src/timers.ts). */
+export const MAX_BREAKER_MS = MAX_TIMER_MS;
 
 /** Buckets in the failure-rate window: the window slides in steps of windowMs / BUCKETS. */
 const BUCKETS = 10;
