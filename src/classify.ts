@@ -82,6 +82,18 @@ function parseJsonObject(body: BodyBytes | null): Record<string, unknown> | unde
   }
 }
 
+const levelSets = new WeakMap<Record<string, number>, Set<number>>();
+
+/** The level numbers a config names, kept per config version (no array per request). */
+function configuredLevels(levels: Record<string, number>): Set<number> {
+  let set = levelSets.get(levels);
+  if (!set) {
+    set = new Set(Object.values(levels));
+    levelSets.set(levels, set);
+  }
+  return set;
+}
+
 /** Priority from, in order: `x-priority`, SimpleL7Proxy's `S7PPriorityKey` (mapped by config), `?priority=`; undefined when none. */
 function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number | undefined {
   const { levels, keys } = config.priorities;
@@ -92,7 +104,7 @@ function priorityOf(headers: Headers, url: URL, config: SluiceConfig): number | 
   if (raw !== null) {
     const level = resolvePriority(raw, levels);
     // Only configured levels: an arbitrary integer (-1000) would jump every queue.
-    if (level === undefined || !Object.values(levels).includes(level)) {
+    if (level === undefined || !configuredLevels(levels).has(level)) {
       throw new BadRequest(`priority "${raw}" is not one of ${Object.entries(levels).map(([n, l]) => `${n} (${l})`).join(", ")}`, "invalid_priority");
     }
     return level;

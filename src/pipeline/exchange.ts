@@ -83,10 +83,6 @@ export class Exchange {
     this.priority = defaultPriority;
   }
 
-  get isSettled(): boolean {
-    return this.settled;
-  }
-
   reserved(reservation: Reservation): void {
     this.reservation = reservation;
   }

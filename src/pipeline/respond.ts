@@ -22,7 +22,7 @@ export interface Refusal {
 /** Statuses that must not carry a body (a Response with one is refused). */
 const NULL_BODY = new Set([101, 204, 205, 304]);
 /** What the usage event records when the client left before an answer. */
-export const CLIENT_GONE = 499;
+const CLIENT_GONE = 499;
 
 /**
  * The respond step: the only place the gateway's answers are built. Every answer carries the

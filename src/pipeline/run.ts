@@ -72,7 +72,7 @@ export async function runExchange(ctx: PipelineContext, request: Request, env: u
   let api: ApiKind = apiOfPath(url.pathname);
   let status = 500;
   try {
-    const response = await steps(ctx, ex, request, env, url, (a) => (api = a));
+    const response = await steps(ctx, ex, request, env, url, api, (a) => (api = a));
     status = response.status;
     return response;
   } catch (err) {
@@ -92,21 +92,22 @@ export async function runExchange(ctx: PipelineContext, request: Request, env: u
   }
 }
 
-async function steps(ctx: PipelineContext, ex: Exchange, request: Request, env: unknown, url: URL, classified: (api: ApiKind) => void): Promise<Response> {
+/** The pipeline's steps; `pathApi` is the API family of the path, until classify knows better. */
+async function steps(ctx: PipelineContext, ex: Exchange, request: Request, env: unknown, url: URL, pathApi: ApiKind, classified: (api: ApiKind) => void): Promise<Response> {
   const { config } = ctx;
   const line = ctx.requestLine(request, env);
   // Past this many headers a runtime starts dropping them silently (Node at 2,000): refuse instead.
   if (line?.headerCount !== undefined && line.headerCount > MAX_HEADERS) {
-    return refuse(ex, apiOfPath(url.pathname), { status: 431, code: "too_many_headers", message: `the request has more than ${MAX_HEADERS} headers` });
+    return refuse(ex, pathApi, { status: 431, code: "too_many_headers", message: `the request has more than ${MAX_HEADERS} headers` });
   }
   // TRACE would echo the request (its headers included) back; CONNECT would open a tunnel.
   if (request.method === "TRACE" || request.method === "CONNECT") {
-    return refuse(ex, apiOfPath(url.pathname), { status: 405, code: "method_not_allowed", message: `${request.method} is not served`, headers: { allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" } });
+    return refuse(ex, pathApi, { status: 405, code: "method_not_allowed", message: `${request.method} is not served`, headers: { allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" } });
   }
   checkPath(line?.target ?? url.pathname);
   stripQueryCredentials(url);
   const who = await ctx.authenticator.identify(request.headers);
-  if (!who.ok) return refuse(ex, apiOfPath(url.pathname), who);
+  if (!who.ok) return refuse(ex, pathApi, who);
   const identity = who.identity;
   ex.caller = identity.caller;
   ex.app = identity.app;

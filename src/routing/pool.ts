@@ -39,11 +39,6 @@ export class BackendPool {
     this.ctx = { random, latencyExploration: config.routing.latencyExploration };
   }
 
-  /** Stops the credential providers' background refreshes (a retired version). */
-  close(): void {
-    for (const b of this.backends) b.credentials.close();
-  }
-
   /** The backends of these names that this version has, in order; `cache` only for lists that never change (the eligibility lists). */
   resolve(names: readonly string[], cache = true): readonly Backend[] {
     let out = cache ? this.resolved.get(names) : undefined;

@@ -93,12 +93,6 @@ export class BackendLive {
     if (this.probeOut) this.probeOut = false;
   }
 
-  /** Forgets a cooldown (an operator's clear; tests). */
-  clearCooldown(): void {
-    this.cooldownUntil = 0;
-    this.recovering = false;
-    this.probeOut = false;
-  }
 }
 
 /** What the store needs of a config version's backend definition. */
