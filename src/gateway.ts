@@ -4,6 +4,7 @@ import type { CredentialsFactory } from "./credentials/from-config.ts";
 import { Authenticator } from "./governance/identity.ts";
 import type { RateLimiter } from "./governance/limits.ts";
 import { FanOutSink, type UsageSink } from "./metering/events.ts";
+import { mountJobs } from "./jobs/routes.ts";
 import { mountOps } from "./ops.ts";
 import { readBodyWithin } from "./pipeline/body.ts";
 import { runExchange, type PipelineContext, type RequestLine } from "./pipeline/run.ts";
@@ -77,8 +78,12 @@ export function createGateway(options: GatewayOptions): Gateway {
     stripHeaders: new Set(config.headerPolicy.strip.map((h) => h.toLowerCase())),
     defaultLevel: resolvePriority(config.priorities.default, config.priorities.levels)!,
     streams: runtime.streams,
+    jobs: runtime.jobs,
   };
+  // Jobs started from now on run on this version's pipeline.
+  runtime.jobs?.use(config, (request, run) => runExchange(ctx, request, undefined, run));
   const app = new Hono();
+  mountJobs(app, runtime.jobs, ctx.authenticator);
   mountOps(app, {
     scheduler,
     metrics: runtime.metrics,

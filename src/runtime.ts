@@ -4,6 +4,7 @@ import type { JwtVerifier } from "./governance/identity.ts";
 import { createJwtVerifier } from "./governance/jwt.ts";
 import { GatewayMetrics } from "./metrics/gateway-metrics.ts";
 import { resolvePriority } from "./priority.ts";
+import type { JobService } from "./jobs/service.ts";
 import type { RelayHandle } from "./proxy/relay.ts";
 import type { BackendPool } from "./routing/pool.ts";
 import { InProcessScheduler, type SchedulerOptions } from "./scheduling/in-process.ts";
@@ -26,6 +27,8 @@ export interface GatewayRuntime {
   adopt(config: SluiceConfig, pool: BackendPool): void;
   /** Streams being relayed, by every version: a shutdown ends them with the SSE error event before it closes connections. */
   readonly streams: Set<RelayHandle>;
+  /** The async handoff, when the adapter has a job store. */
+  readonly jobs?: JobService;
   /** The JWT verifier for these settings: the same one (and its key cache) while they do not change. */
   jwtVerifier(jwt: NonNullable<SluiceConfig["auth"]["jwt"]>): JwtVerifier;
 }
@@ -36,6 +39,8 @@ export interface RuntimeOptions {
   limiter?: RateLimiter;
   /** The queue: in-process by default, a Durable Object on Workers (which then owns backend state too). */
   scheduler?: Scheduler;
+  /** The async handoff on the adapter's job store; without it async requests are 501. */
+  jobs?: JobService;
 }
 
 /** The in-process scheduler's settings for a config version. */
@@ -78,6 +83,7 @@ export function createRuntime(options: RuntimeOptions = {}): GatewayRuntime {
     limiter: options.limiter ?? new InProcessRateLimiter(now),
     metrics,
     streams: new Set<RelayHandle>(),
+    jobs: options.jobs,
     adopt(config, pool) {
       metrics.adopt(config);
       if (scheduler) return;

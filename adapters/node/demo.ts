@@ -3,12 +3,15 @@ import type { SluiceConfigInput } from "../../src/config/schema.ts";
 /**
  * The no-config demo: a small "PTU" backend first, spilling over to "PAYG" for high and
  * normal traffic only, both with room for two requests at once, so that a burst of
- * low-priority streams visibly waits in the gateway's queue.
+ * low-priority streams visibly waits in the gateway's queue. Every caller may make async requests.
  */
 export function demoConfig(ptuUrl: string, paygUrl: string, port: number): SluiceConfigInput {
   const models = ["gpt-4o", "gpt-4o-mini", { name: "text-embedding-3-small", deployment: "embeddings" }];
   return {
     server: { port },
+    // Every demo caller may ask for async jobs (CONTRACT §7), kept under .sluice/jobs.
+    profiles: { demo: { async: true } },
+    auth: { defaultProfile: "demo" },
     backends: [
       { name: "ptu", url: ptuUrl, kind: "azure-openai", group: 1, maxConcurrency: 2, models, auth: { type: "api-key", key: "ptu-demo-key" } },
       {

@@ -1,6 +1,7 @@
 import { ConfigError, parseConfig } from "../../src/config/load.ts";
 import { demoConfig, demoCurl } from "./demo.ts";
 import { configVersion, openNodeConfigSource, type ConfigFollower, type LoadedConfig, type NodeConfigSource } from "./reload.ts";
+import { DEFAULT_JOBS_DIRECTORY } from "./jobs.ts";
 import { startGatewayServer } from "./server.ts";
 import { startSimulator, type RunningSimulator } from "./simulator-server.ts";
 
@@ -26,7 +27,7 @@ async function main(): Promise<void> {
   }
   const config = loaded.config;
 
-  const running = await startGatewayServer(config, { version: loaded.version, origin: loaded.origin });
+  const running = await startGatewayServer(config, { version: loaded.version, origin: loaded.origin, jobsDirectory: DEFAULT_JOBS_DIRECTORY });
   const follower: ConfigFollower | undefined = source?.follow(running.holder);
   console.log(
     `sluice: listening on ${running.url} with ${config.backends.length} backend(s); config version ${loaded.version} from ${loaded.origin}${follower ? " (reloaded on change)" : ""}`,

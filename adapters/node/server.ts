@@ -13,6 +13,7 @@ import { interruptAll } from "../../src/proxy/relay.ts";
 import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
+import { openNodeJobs } from "./jobs.ts";
 import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient, readWhole } from "./upstream.ts";
 
@@ -93,6 +94,8 @@ export interface GatewayServerOptions {
   origin?: string;
   /** Instead of server.operatorPort (tests: 0). */
   operatorPort?: number;
+  /** The job directory when the config names no `jobs.store` (the `sluice` command: .sluice/jobs); without either, async requests are 501. */
+  jobsDirectory?: string;
 }
 
 /** A refused request's answer and its usage event: the gateway's error shape, with a request id. */
@@ -190,7 +193,8 @@ async function listen(fetch: Gateway["fetch"], hostname: string, port: number, r
 export async function startGatewayServer(config: SluiceConfig, overrides: GatewayServerOptions = {}): Promise<RunningGateway> {
   const client = createUpstreamClient();
   const usage = nodeSinks(config.metering.sinks);
-  const runtime = createRuntime();
+  const jobs = await openNodeJobs(config, overrides.jobsDirectory);
+  const runtime = createRuntime({ jobs: jobs?.service });
   // Read once at start, like server.port: a reload that changes it says it needs a restart.
   const operatorPort = overrides.operatorPort ?? config.server.operatorPort;
   const holder = new GatewayHolder(
@@ -210,8 +214,11 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
   const operator =
     operatorPort === undefined ? undefined : await listen((request, env) => holder.fetch(request, { ...(env as object), [OPERATOR_LISTENER]: true }), host, operatorPort, refused);
   const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
+  await jobs?.start();
 
   const close = async (graceMs = holder.config.server.shutdownGraceMs) => {
+    // Jobs get the same grace as requests; the ones still running then go back to the queue.
+    const jobsClosed = jobs?.close(graceMs);
     if (operator) {
       operator.close();
       operator.closeAllConnections();
@@ -231,6 +238,7 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     }
     server.closeAllConnections();
     await closed;
+    await jobsClosed;
     await client.close();
     await usage.close();
   };

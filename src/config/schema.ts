@@ -279,7 +279,33 @@ const profile = z
       .optional()
       .describe("The most urgent priority the caller may have; a request asking for more is served at this one."),
     limits: limitSpec.optional().describe("The caller's own token and request budget (instead of limits.perCaller)."),
-    async: z.boolean().default(false).describe("May use long-running async requests."),
+    async: z
+      .boolean()
+      .default(false)
+      .describe("May use long-running async requests (`Prefer: respond-async`, `S7PAsyncMode: true`): 202 and a job to poll. Without it such a request is 403."),
+    notify: z
+      .object({
+        webhook: z
+          .object({
+            url: z.url({ protocol: /^https?$/, error: "use an http:// or https:// URL" }).describe("Receives a POST of the job's final status (JSON) when a job of this caller ends."),
+            secret: z
+              .string()
+              .min(16, { error: "at least 16 characters" })
+              .describe("HMAC-SHA256 key: the POST carries `x-sluice-signature: sha256=<hex of HMAC(secret, timestamp + \".\" + body)>` and `x-sluice-timestamp`."),
+            maxAttempts: z.number().int().min(1).max(20).default(6).describe("Deliveries tried before giving up (a 2xx answer is delivered)."),
+            backoffMs: durationMs(3_600_000).default(1000).describe("Wait before the second delivery; doubled for each one after (with jitter)."),
+          })
+          .strict()
+          .optional(),
+        queue: z
+          .string()
+          .regex(/^[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]$/, { error: "an Azure Storage Queue name: 3-63 lower-case letters, digits and single hyphens" })
+          .optional()
+          .describe("Azure (Node with an Azure job store, Functions): the final status is also sent as a message to this Storage Queue of the job store's account."),
+      })
+      .strict()
+      .optional()
+      .describe("How the caller hears that a job ended, besides polling."),
     headers: z.record(z.string(), z.string()).default({}).describe("Headers added to the request sent to the backend."),
     validateHeaders: z
       .record(z.string(), z.array(z.string()))
@@ -392,6 +418,47 @@ const server = z
   })
   .strict();
 
+const jobs = z
+  .object({
+    store: z
+      .discriminatedUnion("type", [
+        z
+          .object({
+            type: z.literal("directory"),
+            path: z.string().min(1).default(".sluice/jobs").describe("Directory (relative: to the working directory) holding jobs; one gateway process per directory."),
+          })
+          .strict(),
+        z
+          .object({
+            type: z.literal("azure"),
+            connectionString: z.string().min(1).describe("Storage account connection string (put it in an environment variable and write `${NAME}`)."),
+            container: z.string().min(3).max(63).default("sluice-jobs").describe("Blob container for requests, records and results."),
+            queue: z.string().min(3).max(63).default("sluice-jobs").describe("Storage Queue the job ids wait in."),
+          })
+          .strict(),
+      ])
+      .optional()
+      .describe("Where jobs are kept. Default: Node, a local directory (`.sluice/jobs`); Azure Functions, the app's storage account (AzureWebJobsStorage); Workers, its bindings (JOBS, JOB_RESULTS, JOB_STATE)."),
+    defaultTtlMs: durationMs(7 * DAY_MS)
+      .default(6 * 3_600_000)
+      .describe("How long a job may wait for a backend when the request sends no S7PTTL header: longer than a synchronous request's `scheduling.defaultTtlMs`. Past it the job fails with 412."),
+    resultTtlMs: durationMs(30 * DAY_MS, 1000)
+      .default(DAY_MS)
+      .describe("How long a finished job's result is kept; then it is deleted and the job says `expired`."),
+    leaseMs: durationMs(3_600_000, 1000)
+      .default(60_000)
+      .describe("A running job's heartbeat interval is a third of this; a job not heard from for this long (its runner died) is run again by the next runner to see it."),
+    concurrency: z.number().int().min(1).max(1024).default(64).describe("Jobs one Node process takes from its queue at once."),
+    maxWaitSeconds: z
+      .number()
+      .int()
+      .min(0)
+      .max(3600)
+      .default(600)
+      .describe("Largest `wait=N` honoured in `Prefer: respond-async, wait=N` (a larger one is served as this)."),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     $schema: z.string().optional(),
@@ -431,6 +498,7 @@ export const configSchema = z
         "More caller profiles and API keys: a JSON document { \"profiles\": {...}, \"apiKeys\": [...] } (both optional) whose profiles are merged over `profiles` and whose apiKeys are appended to `auth.apiKeys` before the config is validated; a change to it is a new config version (Node). On Workers, the `profiles` key of the SLUICE_CONFIG_KV binding takes its place.",
       ),
     headerPolicy: headerPolicy.prefault({}),
+    jobs: jobs.prefault({}).describe("Long-running async requests: a 202 and a job to poll (CONTRACT §7)."),
     backends: z.array(backend).min(1),
   })
   .strict()
@@ -486,3 +554,6 @@ export type BackendKind = BackendConfig["kind"];
 export type SinkConfig = SluiceConfig["metering"]["sinks"][number];
 export type ProfileConfig = SluiceConfig["profiles"][string];
 export type JwtConfig = NonNullable<SluiceConfig["auth"]["jwt"]>;
+export type JobsConfig = SluiceConfig["jobs"];
+export type JobStoreConfig = NonNullable<JobsConfig["store"]>;
+export type WebhookConfig = NonNullable<NonNullable<ProfileConfig["notify"]>["webhook"]>;

@@ -68,6 +68,12 @@ export class Exchange {
   truncated = false;
   /** Set once the response body is relayed: its end settles, not the pipeline's `finally`. */
   relaying = false;
+  /** Set when a job took the exchange over: the job's run settles it, not the pipeline's `finally`. */
+  handedOff = false;
+  /** Told the usage event too (a job records its usage). */
+  observer: ((event: UsageEvent) => void) | undefined;
+  /** Told once, when the first lease is granted (a job is `running` from then on). */
+  onFirstLease: (() => void) | undefined;
   private reservation: Reservation | undefined;
   /** Some attempt reached a backend: the request counts toward `requestsPerMinute` whatever the answer. */
   private reached = false;
@@ -91,6 +97,16 @@ export class Exchange {
   leased(backend: string): void {
     this.lease = backend;
     this.reached = true;
+    const first = this.onFirstLease;
+    if (first) {
+      this.onFirstLease = undefined;
+      first();
+    }
+  }
+
+  /** Some attempt was granted a backend. */
+  get hasReached(): boolean {
+    return this.reached;
   }
 
   /** The current attempt ended: its lease goes back with what it said about the backend. */
@@ -114,7 +130,9 @@ export class Exchange {
       if (this.reached) this.deps.limiter.settle(r, u?.totalTokens ?? 0);
       else this.deps.limiter.release(r);
     }
-    this.deps.sink.emit(this.event(status, u));
+    const event = this.event(status, u);
+    this.deps.sink.emit(event);
+    this.observer?.(event);
   }
 
   private event(status: number, u: Usage | null): UsageEvent {
