@@ -1,3 +1,4 @@
+import { processCwd } from "./harness/node.ts";
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -28,7 +29,7 @@ describe("Node process: graceful SIGTERM", () => {
     const port = await freePort();
     const file = join(mkdtempSync(join(tmpdir(), "sluice-sigterm-")), "config.json");
     writeFileSync(file, JSON.stringify({ server: { host: "127.0.0.1", port, shutdownGraceMs: 10_000 }, backends: [{ name: "slow", url: sim.url, models: ["gpt-4o"] }] }));
-    const child = spawn(join(root, "node_modules/.bin/tsx"), ["adapters/node/main.ts", "--config", file], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(join(root, "node_modules/.bin/tsx"), [join(root, "adapters/node/main.ts"), "--config", file], { cwd: processCwd(), stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
     let out = "";
     child.stdout.on("data", (d) => (out += d));

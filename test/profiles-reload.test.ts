@@ -1,3 +1,4 @@
+import { processCwd } from "./harness/node.ts";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, renameSync, writeFileSync } from "node:fs";
@@ -354,7 +355,7 @@ describe("startup with an unreadable profiles source", () => {
     const dir = mkdtempSync(join(tmpdir(), "sluice-profiles-start-"));
     const file = join(dir, "config.json");
     writeFileSync(file, configWith({ file: "absent.json" }));
-    const child = spawn(join(root, "node_modules/.bin/tsx"), ["adapters/node/main.ts", "--config", file], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(join(root, "node_modules/.bin/tsx"), [join(root, "adapters/node/main.ts"), "--config", file], { cwd: processCwd(), stdio: ["ignore", "pipe", "pipe"] });
     let err = "";
     child.stderr.on("data", (d) => (err += d));
     const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));

@@ -1,3 +1,4 @@
+import { processCwd } from "./harness/node.ts";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, renameSync, writeFileSync } from "node:fs";
@@ -213,7 +214,7 @@ describe("startup with an invalid config file (Node process)", () => {
   it("exits with code 2 and names the field", async () => {
     const file = join(mkdtempSync(join(tmpdir(), "sluice-badstart-")), "config.json");
     writeFileSync(file, JSON.stringify({ backends: [{ name: "x", url: "http://127.0.0.1:1", kind: "grpc" }] }));
-    const child = spawn(join(root, "node_modules/.bin/tsx"), ["adapters/node/main.ts", "--config", file], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(join(root, "node_modules/.bin/tsx"), [join(root, "adapters/node/main.ts"), "--config", file], { cwd: processCwd(), stdio: ["ignore", "pipe", "pipe"] });
     let err = "";
     child.stderr.on("data", (d) => (err += d));
     const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));

@@ -103,11 +103,14 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
     await writeAtomically(join(dir, "record.json"), JSON.stringify(record));
   }
 
-  get(id: string): Promise<JobRecord | undefined> {
+  async get(id: string): Promise<JobRecord | undefined> {
+    // An id that is not one (a path, say) names no job: nothing is read for it.
+    if (!ID.test(id)) return undefined;
     return readJson<JobRecord>(join(this.dir(id), "record.json"));
   }
 
   async request(id: string): Promise<JobRequest | undefined> {
+    if (!ID.test(id)) return undefined;
     const dir = this.dir(id);
     const head = await readJson<{ method: string; target: string; headers: [string, string][]; hasBody: boolean }>(join(dir, "request.json"));
     if (!head) return undefined;
@@ -115,12 +118,15 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
     return { method: head.method, target: head.target, headers: head.headers, body };
   }
 
-  update(id: string, patch: Partial<Omit<JobRecord, "id">>): Promise<JobRecord | undefined> {
+  async update(id: string, patch: Partial<Omit<JobRecord, "id">>): Promise<JobRecord | undefined> {
+    if (!ID.test(id)) return undefined;
     const file = join(this.dir(id), "record.json");
     return this.lock.run(id, async () => {
       const r = await readJson<JobRecord>(file);
       if (!r) return undefined;
-      const next: JobRecord = { ...r, ...patch, id: r.id, status: nextStatus(r.status, patch.status) };
+      const next: JobRecord = { ...r, id: r.id, status: nextStatus(r.status, patch.status) };
+      // An undefined in the patch is "not given", as it is after a JSON round trip.
+      for (const [k, v] of Object.entries(patch)) if (v !== undefined && k !== "id" && k !== "status") (next as unknown as Record<string, unknown>)[k] = v;
       await writeAtomically(file, JSON.stringify(next));
       return next;
     });
@@ -128,6 +134,7 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
 
   async putResult(id: string, head: JobResultHead, body: ReadableStream<Uint8Array> | null): Promise<void> {
     const dir = this.dir(id);
+    await mkdir(dir, { recursive: true });
     const file = join(dir, "result.body");
     const tmp = `${file}.${randomUUID()}.tmp`;
     try {
@@ -142,6 +149,7 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
   }
 
   async result(id: string): Promise<JobResult | undefined> {
+    if (!ID.test(id)) return undefined;
     const dir = this.dir(id);
     const head = await readJson<JobResultHead>(join(dir, "result.json"));
     if (!head) return undefined;

@@ -1,3 +1,6 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startGatewayServer } from "../../adapters/node/server.ts";
 import { parseConfig } from "../../src/config/load.ts";
 import type { StartGateway, StartGatewayWithEvents } from "./types.ts";
@@ -23,3 +26,12 @@ export const startNodeGatewayWithEvents: StartGatewayWithEvents = async (input) 
     },
   };
 };
+
+/**
+ * A fresh working directory for a spawned gateway process: the `sluice` command keeps async
+ * jobs under `./.sluice/jobs`, one process per directory, so processes started side by side by
+ * tests must not share the project's.
+ */
+export function processCwd(): string {
+  return mkdtempSync(join(tmpdir(), "sluice-cwd-"));
+}

@@ -1,3 +1,4 @@
+import { processCwd } from "../harness/node.ts";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -41,11 +42,11 @@ describe("config", () => {
     const dir = mkdtempSync(join(tmpdir(), "sluice-cfg-"));
     const file = join(dir, "bad.json");
     writeFileSync(file, JSON.stringify({ backends: [{ name: "ptu", url: "http://127.0.0.1:1", kind: "bedrock" }] }));
-    const run = spawnSync(join(root, "node_modules/.bin/tsx"), ["adapters/node/main.ts", "--config", file], { cwd: root, encoding: "utf8", timeout: 20_000 });
+    const run = spawnSync(join(root, "node_modules/.bin/tsx"), [join(root, "adapters/node/main.ts"), "--config", file], { cwd: processCwd(), encoding: "utf8", timeout: 20_000 });
     expect(run.status).toBe(2);
     expect(run.stderr).toMatch(/backends\[0\]\.kind/);
-    const inline = spawnSync(join(root, "node_modules/.bin/tsx"), ["adapters/node/main.ts"], {
-      cwd: root,
+    const inline = spawnSync(join(root, "node_modules/.bin/tsx"), [join(root, "adapters/node/main.ts")], {
+      cwd: processCwd(),
       encoding: "utf8",
       timeout: 20_000,
       env: { ...process.env, SLUICE_CONFIG: JSON.stringify({ backends: [] }) },
