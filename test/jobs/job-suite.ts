@@ -251,6 +251,21 @@ export function jobConformance(runtime: string, start: StartGatewayWithEvents, o
       expect((await getJob(gw, high.id)).job.priority).toBeLessThan((await getJob(gw, lows[0]!.id)).job.priority as number);
     });
 
+    it("a job that cannot get a backend within its TTL (S7PTTL) fails with the 412 stored as its answer, and never reaches the backend", async () => {
+      const b = await sim("b");
+      const gw = await gateway(b, {}, { maxConcurrency: 1 });
+      const blocker = fetch(gw.url + CHAT, { method: "POST", headers: { "content-type": "application/json", ...ALICE, "x-sim-fault": JSON.stringify({ firstByteDelayMs: 2500 }) }, body: body() });
+      await until("the blocker at the backend", () => b.sim.stats().received === 1, settleMs);
+      const { job } = await submit(gw, { ...ALICE, s7pttl: "1" });
+      const failed = await waitFor(gw, job.id, "failed");
+      expect(failed).toMatchObject({ resultStatus: 412, backend: null });
+      const result = await fetch(`${gw.url}/_gateway/jobs/${job.id}/result`, { headers: ALICE });
+      expect(result.status).toBe(412);
+      expect(((await result.json()) as { error: { code: string } }).error.code).toBe("ttl_expired");
+      expect((await blocker).status).toBe(200);
+      expect(b.sim.stats().received).toBe(1);
+    });
+
     it("refusals: a caller whose profile has no async gets 403, a malformed Prefer 400, and neither reaches the backend", async () => {
       const b = await sim("b");
       const gw = await gateway(b, { auth: { defaultProfile: "sync" } });
