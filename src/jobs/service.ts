@@ -137,6 +137,11 @@ export class JobService {
 
   /** A config version's pipeline and settings: jobs run on the version in use when they start. */
   use(config: SluiceConfig, pipeline: JobPipeline): void {
+    if (!this.options.notifyQueue) {
+      for (const [name, p] of Object.entries(config.profiles)) {
+        if (p.notify?.queue) console.error(`sluice: profiles.${name}.notify.queue needs an Azure job store (jobs.store type "azure", or Azure Functions); this job store cannot send it, so only the webhook (if any) is notified`);
+      }
+    }
     this.config = config.jobs;
     this.profiles = config.profiles;
     this.pipeline = pipeline;

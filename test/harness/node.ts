@@ -1,3 +1,4 @@
+import { createServer } from "node:net";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -34,4 +35,13 @@ export const startNodeGatewayWithEvents: StartGatewayWithEvents = async (input) 
  */
 export function processCwd(): string {
   return mkdtempSync(join(tmpdir(), "sluice-cwd-"));
+}
+
+/** A loopback port free right now, for a gateway process that must be told its port in its config file. */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((r) => srv.close(r));
+  return port;
 }
