@@ -101,6 +101,8 @@ interface LocalRun {
   signal: JobSignal;
   /** Before a handoff: the client can still leave and cancel it. */
   handedOff: boolean;
+  /** Why its signal was aborted: its caller cancelled it, or the process is stopping (it goes back to the queue). */
+  stop?: "cancel" | "shutdown";
 }
 
 const json = (body: unknown, status: number, headers?: Record<string, string>) =>
@@ -306,7 +308,8 @@ export class JobService {
     const done = this.runLocally(claimed, run, answer, event, extend);
     this.track(done);
     await done;
-    return { done: true };
+    // Stopped by a shutdown: the id stays queued for the next runner.
+    return run.stop === "shutdown" ? { done: false, retryInMs: 0 } : { done: true };
   }
 
   /** Runs a job here until its answer is stored: heartbeats (and queue lease renewals) while it runs; a cancel seen in the record stops it. */
@@ -320,7 +323,7 @@ export class JobService {
         void (async () => {
           try {
             const r = await this.store.update(id, { heartbeatAt: this.now(), runner: this.instance });
-            if (!r || TERMINAL.has(r.status)) run.signal.abort(new Error("the job was cancelled"));
+            if (!r || TERMINAL.has(r.status)) this.cancelRun(run);
             await extend?.(lease);
           } catch (err) {
             console.error(`sluice: job ${id}: heartbeat failed:`, err);
@@ -340,13 +343,13 @@ export class JobService {
       }
       if (run.signal.aborted) {
         await response.body?.cancel().catch(() => undefined);
-        await this.finish(id, { status: "cancelled", error: "cancelled by its caller" });
+        await this.stopped(id, run);
         return;
       }
       try {
         await this.store.putResult(id, { status: response.status, headers: [...response.headers] }, cancellable(response.body, run.signal));
       } catch (err) {
-        if (run.signal.aborted) await this.finish(id, { status: "cancelled", error: "cancelled by its caller" });
+        if (run.signal.aborted) await this.stopped(id, run);
         else await this.finish(id, { status: "failed", error: `the result could not be stored: ${(err as Error).message}` });
         return;
       }
@@ -363,6 +366,16 @@ export class JobService {
       beat?.clear();
       if (this.local.get(id) === run) this.local.delete(id);
     }
+  }
+
+  private cancelRun(run: LocalRun): void {
+    run.stop ??= "cancel";
+    run.signal.abort(new Error("the job was cancelled"));
+  }
+
+  /** A run that was stopped: cancelled, or (the process stopping) left for close() to queue again. */
+  private async stopped(id: string, run: LocalRun): Promise<void> {
+    if (run.stop !== "shutdown") await this.finish(id, { status: "cancelled", error: "cancelled by its caller" });
   }
 
   /** The job was granted a backend. */
@@ -473,7 +486,8 @@ export class JobService {
     if (!r) return notFound();
     if (TERMINAL.has(r.status)) return errorResponse({ status: 409, code: "job_finished", message: `the job has already ended (${r.status})` });
     const updated = (await this.store.update(id, { status: "cancelled", cancelRequested: true, finishedAt: this.now(), error: "cancelled by its caller" })) ?? r;
-    this.local.get(id)?.signal.abort(new Error("the job was cancelled"));
+    const run = this.local.get(id);
+    if (run) this.cancelRun(run);
     if (updated.status === "cancelled") this.track(this.notify(updated));
     return json(this.view(updated), 200);
   }
@@ -530,7 +544,10 @@ export class JobService {
     await Promise.race([Promise.allSettled([...this.pending]), new Promise<void>((resolve) => (timer = later(resolve, graceMs)))]);
     timer?.clear();
     const left = [...this.local.keys()];
-    for (const [, run] of this.local) run.signal.abort(new Error("the gateway is shutting down"));
+    for (const [, run] of this.local) {
+      run.stop ??= "shutdown";
+      run.signal.abort(new Error("the gateway is shutting down"));
+    }
     for (const id of left) {
       await this.store.update(id, { status: "queued", runner: null, heartbeatAt: null }).catch(() => undefined);
       await this.queue.enqueue(id).catch(() => undefined);

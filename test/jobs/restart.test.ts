@@ -1,7 +1,7 @@
 /**
- * Nothing lost (CONTRACT §7): the Node gateway process is killed outright (SIGKILL) while one
- * job runs at the backend and another waits in its queue; a new process on the same store
- * finishes both. Once with the embedded directory store, once with Azure Blob + Storage Queue
+ * Nothing lost (CONTRACT §7): the Node gateway process is killed outright (SIGKILL), or stopped
+ * (SIGTERM) with a grace shorter than its job, while one job runs at the backend and another
+ * waits in its queue; a new process on the same store finishes both. Once with the embedded directory store, once with Azure Blob + Storage Queue
  * on Azurite (where the new process is another replica as far as the store knows).
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -43,7 +43,7 @@ async function gatewayProcess(configFile: string, cwd: string): Promise<{ child:
   return { child, exited };
 }
 
-async function restartScenario(store: SluiceConfigInput["jobs"]): Promise<void> {
+async function restartScenario(store: SluiceConfigInput["jobs"], signal: "SIGKILL" | "SIGTERM" = "SIGKILL"): Promise<void> {
   const b: RunningSimulator = await startSimulator({ name: "b" });
   cleanup.push(() => b.close());
   const port = await freePort();
@@ -51,7 +51,8 @@ async function restartScenario(store: SluiceConfigInput["jobs"]): Promise<void> 
   cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, "config.json");
   const config: SluiceConfigInput = {
-    server: { host: "127.0.0.1", port },
+    // SIGTERM: the running job outlasts the grace, so it goes back to the queue.
+    server: { host: "127.0.0.1", port, shutdownGraceMs: 200 },
     metering: { sinks: [] },
     profiles: { jobs: { async: true } },
     auth: { defaultProfile: "jobs" },
@@ -80,7 +81,7 @@ async function restartScenario(store: SluiceConfigInput["jobs"]): Promise<void> 
   expect(await status(running)).toBe("running");
   expect(await status(queued)).toBe("queued");
 
-  first.child.kill("SIGKILL");
+  first.child.kill(signal);
   await first.exited;
   await expect(fetch(url + "/liveness")).rejects.toThrow();
 
@@ -95,11 +96,17 @@ async function restartScenario(store: SluiceConfigInput["jobs"]): Promise<void> 
   expect(((await result.json()) as { object: string }).object).toBe("chat.completion");
 }
 
-describe("async jobs survive a SIGKILL of the Node gateway", () => {
+describe("async jobs survive a stop of the Node gateway", () => {
   it("directory store: the running job runs again and the queued one runs, both succeed", async () => {
     const jobsDir = mkdtempSync(join(tmpdir(), "sluice-restart-jobs-"));
     cleanup.push(() => rmSync(jobsDir, { recursive: true, force: true }));
     await restartScenario({ store: { type: "directory", path: jobsDir } });
+  }, 60_000);
+
+  it("directory store, SIGTERM with a grace shorter than the running job: it goes back to the queue, not cancelled, and both succeed after the restart", async () => {
+    const jobsDir = mkdtempSync(join(tmpdir(), "sluice-restart-jobs-"));
+    cleanup.push(() => rmSync(jobsDir, { recursive: true, force: true }));
+    await restartScenario({ store: { type: "directory", path: jobsDir } }, "SIGTERM");
   }, 60_000);
 
   it("Azure Blob + Storage Queue (Azurite): after the lease ends the new process finishes both", async () => {
