@@ -116,8 +116,8 @@ export interface JobStore {
   forget(id: string): Promise<void>;
   /**
    * Ids of jobs whose record says `queued` or `running`, and of finished jobs still to be
-   * notified: what a restart must pick up. Stores whose queue redelivers by itself (Storage
-   * Queue, Workers Queues) may return only what the queue cannot know (unnotified jobs).
+   * notified: what a restart of a single-process store must pick up (a queue that redelivers by
+   * itself, like Storage Queue or Workers Queues, does not need it, but every store answers it).
    */
   unfinished(): Promise<string[]>;
   /** Ids of jobs finished before `before` (epoch ms): results past their retention. */
@@ -142,6 +142,10 @@ export interface JobQueue {
 }
 
 export interface PulledJobQueue extends JobQueue {
-  /** Takes up to `max` ids, each invisible to other runners for `leaseMs`. Resolves [] at once when there is none. */
+  /**
+   * Takes up to `max` ids, each invisible to other runners for `leaseMs` (a queue may round
+   * leases and delays up: Azure Storage Queue to whole seconds). Resolves [] at once when there
+   * is none. After a lease was lost, `extend` rejects and `complete` resolves.
+   */
   receive(max: number, leaseMs: number): Promise<JobDelivery[]>;
 }
