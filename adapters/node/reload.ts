@@ -73,6 +73,8 @@ const RESTART_SETTINGS: { name: string; get: (c: SluiceConfig) => unknown }[] = 
   { name: "server.operatorPort", get: (c) => c.server.operatorPort },
   // The usage sinks are opened once and shared by every version.
   { name: "metering.sinks", get: (c) => c.metering.sinks },
+  // The job store is opened once: queued and running jobs stay where they are.
+  { name: "jobs.store", get: (c) => c.jobs.store },
 ];
 
 /**

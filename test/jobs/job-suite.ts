@@ -246,7 +246,9 @@ export function jobConformance(runtime: string, start: StartGatewayWithEvents, o
         .stats()
         .requests.slice(1)
         .map((r) => (JSON.parse(r.body) as { user: string }).user);
-      expect(order).toEqual(["high", "low-0", "low-1", "low-2"]);
+      // High first; the low ones in any order among themselves (a platform queue may deliver them in any order).
+      expect(order[0]).toBe("high");
+      expect(order.slice(1).sort()).toEqual(["low-0", "low-1", "low-2"]);
       expect((await getJob(gw, high.id)).job.priority).toBeLessThan((await getJob(gw, lows[0]!.id)).job.priority as number);
     });
 
