@@ -448,7 +448,13 @@ const jobs = z
     leaseMs: durationMs(3_600_000, 1000)
       .default(60_000)
       .describe("A running job's heartbeat interval is a third of this; a job not heard from for this long (its runner died) is run again by the next runner to see it."),
-    concurrency: z.number().int().min(1).max(1024).default(64).describe("Jobs one Node process takes from its queue at once."),
+    concurrency: z
+      .number()
+      .int()
+      .min(1)
+      .max(1024)
+      .default(64)
+      .describe("Jobs one Node process takes from its queue at once. On Azure Functions host.json's queues.batchSize decides, on Workers the consumer's max_batch_size."),
     maxWaitSeconds: z
       .number()
       .int()
