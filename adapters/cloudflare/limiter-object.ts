@@ -17,9 +17,12 @@ export interface LimiterRpc {
 /**
  * A ticket's admission is forgotten after this long: its request is presumed gone (an isolate
  * killed mid-request never settles). The budget it reserved has long refilled by then; a
- * settle that still arrives is ignored.
+ * settle that still arrives is ignored. Longer than the longest job run (CONTRACT §7: a job may
+ * run for at least 30 minutes, and it settles its reservation when it ends): 60 minutes, twice
+ * that, so a long job's settlement (its actual tokens) still counts. Open admissions are a few
+ * bytes each, so keeping them longer costs little.
  */
-const MAX_OPEN_MS = 15 * 60_000;
+const MAX_OPEN_MS = 60 * 60_000;
 
 /**
  * The token and request budgets of a gateway on Workers: a Durable Object holding the same

@@ -31,9 +31,12 @@ const TOMBSTONE_MS = 60_000;
 /**
  * A slot not released after this long is taken back: its holder is presumed gone (an isolate
  * killed mid-request never releases), and a lost slot would lower the backend's concurrency
- * for good. Longer than any attempt's headers timeout plus a long stream.
+ * for good. Longer than any attempt's headers timeout plus a long stream, and than the longest
+ * job run (CONTRACT §7: a job may run for at least 30 minutes, and a job's attempt holds its
+ * slot for all of it): 60 minutes, twice that, so a slot is never taken from a job still
+ * running. The cost of a longer hold is only that a slot lost to a dead isolate comes back later.
  */
-const MAX_HOLD_MS = 15 * 60_000;
+const MAX_HOLD_MS = 60 * 60_000;
 
 /**
  * The one queue of a backend pool on Workers: a Durable Object holding the same

@@ -82,7 +82,14 @@ class JobSignal implements ClientSignal {
     if (this.aborted) return;
     this.aborted = true;
     this.reason = reason;
-    for (const l of [...this.listeners]) l();
+    // Every listener hears it, whatever one of them throws (a runtime may refuse I/O from another request's context).
+    for (const l of [...this.listeners]) {
+      try {
+        l();
+      } catch (err) {
+        console.error("sluice: a job's cancel listener failed:", err);
+      }
+    }
     this.listeners.clear();
   }
 
@@ -278,13 +285,19 @@ export class JobService {
   async deliver(id: string, extend?: (ms: number) => Promise<void>): Promise<Delivered> {
     if (!JOB_ID.test(id)) return { done: true };
     const lease = this.settings.leaseMs;
-    if (this.local.has(id)) return { done: false, retryInMs: lease };
     if (this.stopping) return { done: false, retryInMs: 1000 };
     const record = await this.store.get(id);
     if (!record) return { done: true };
     if (TERMINAL.has(record.status)) {
       if (!record.notified) await this.notify(record);
       return { done: true };
+    }
+    const mine = this.local.get(id);
+    if (mine) {
+      // Running here, and saying so: see it again later. A run here whose heartbeat went stale
+      // was cut by the platform (a Workers invocation's end): forget it and run the job again.
+      if (record.heartbeatAt !== null && this.now() - record.heartbeatAt < lease) return { done: false, retryInMs: lease };
+      this.local.delete(id);
     }
     const t = this.now();
     if (record.runner !== null && record.runner !== this.instance && record.heartbeatAt !== null && t - record.heartbeatAt < lease) {
