@@ -501,7 +501,8 @@ export class JobService {
     const updated = (await this.store.update(id, { status: "cancelled", cancelRequested: true, finishedAt: this.now(), error: "cancelled by its caller" })) ?? r;
     const run = this.local.get(id);
     if (run) this.cancelRun(run);
-    if (updated.status === "cancelled") this.track(this.notify(updated));
+    // A job with a runner is notified by that runner as it stops (once); a queued one, now.
+    if (updated.status === "cancelled" && r.runner === null) this.track(this.notify(updated));
     return json(this.view(updated), 200);
   }
 
