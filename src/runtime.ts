@@ -41,6 +41,8 @@ export interface RuntimeOptions {
   scheduler?: Scheduler;
   /** The async handoff on the adapter's job store; without it async requests are 501. */
   jobs?: JobService;
+  /** Told of each cooldown a backend's answer started here (a shared store passes it to the other replicas). */
+  onCooldown?: (backend: string, until: number) => void;
 }
 
 /** The in-process scheduler's settings for a config version. */
@@ -66,10 +68,13 @@ export function inProcessScheduler(pool: BackendPool, config: SluiceConfig, now:
 export function createRuntime(options: RuntimeOptions = {}): GatewayRuntime {
   const now = options.now ?? Date.now;
   const metrics = new GatewayMetrics();
-  const store = new InProcessBackendStore((change) => {
-    logBreakerChange(change);
-    metrics.breakerChanged(change.backend, change.to);
-  });
+  const store = new InProcessBackendStore(
+    (change) => {
+      logBreakerChange(change);
+      metrics.breakerChanged(change.backend, change.to);
+    },
+    options.onCooldown,
+  );
   let inProcess: InProcessScheduler | undefined;
   const scheduler = options.scheduler;
   const verifiers = new Map<string, JwtVerifier>();

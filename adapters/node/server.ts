@@ -14,6 +14,8 @@ import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
 import { openNodeJobs } from "./jobs.ts";
+import { cooldownSharing } from "./redis-cooldowns.ts";
+import { openNodeLimiter } from "./redis-limiter.ts";
 import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient, readWhole } from "./upstream.ts";
 
@@ -194,7 +196,11 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
   const client = createUpstreamClient();
   const usage = nodeSinks(config.metering.sinks);
   const jobs = await openNodeJobs(config, overrides.jobsDirectory);
-  const runtime = createRuntime({ jobs: jobs?.service });
+  // Budgets shared between replicas through Redis (state.redis), else in-process; read once at start.
+  const limiter = await openNodeLimiter(config);
+  // Cooldowns shared on the same connection: a retry-after seen here is honoured by every replica.
+  const cooldowns = cooldownSharing(limiter?.connection, () => runtime);
+  const runtime = createRuntime({ jobs: jobs?.service, limiter: limiter?.limiter, onCooldown: cooldowns.onCooldown });
   // Read once at start, like server.port: a reload that changes it says it needs a restart.
   const operatorPort = overrides.operatorPort ?? config.server.operatorPort;
   const holder = new GatewayHolder(
@@ -241,6 +247,8 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     await jobsClosed;
     await client.close();
     await usage.close();
+    await cooldowns.close();
+    await limiter?.close();
   };
   return {
     url: `http://${shownHost}:${port}`,

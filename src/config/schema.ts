@@ -465,6 +465,31 @@ const jobs = z
   })
   .strict();
 
+const state = z
+  .object({
+    redis: z
+      .object({
+        url: z
+          .url({ protocol: /^rediss?$/, error: "use a redis:// or rediss:// URL (rediss:// for TLS)" })
+          .describe(
+            "The Redis server: redis://[user:password@]host[:port][/db], or rediss:// for TLS (Azure Cache for Redis: rediss://:${REDIS_KEY}@name.redis.cache.windows.net:6380). Put the password in an environment variable and write `${NAME}`.",
+          ),
+        keyPrefix: z
+          .string()
+          .min(1)
+          .max(64)
+          .regex(/^[A-Za-z0-9:._-]+$/, "letters, digits and : . _ - only")
+          .default("sluice:")
+          .describe("Prefix of every key the gateway writes (one per deployment sharing a Redis). Every key expires on its own."),
+      })
+      .strict()
+      .optional()
+      .describe(
+        "Node and Azure Functions: share the token and request budgets of `limits` between every replica through this Redis (reserved and settled atomically, one budget for all replicas), and backend cooldowns (a Retry-After seen by one replica is honoured by all). While Redis is unreachable each replica falls back to its own budgets and cooldowns, with a warning. In-flight leases (`maxConcurrency`), breakers, latency and queue order are still per replica. Read at start; a reload does not change it. Workers share these through their Durable Objects instead.",
+      ),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     $schema: z.string().optional(),
@@ -505,6 +530,7 @@ export const configSchema = z
       ),
     headerPolicy: headerPolicy.prefault({}),
     jobs: jobs.prefault({}).describe("Long-running async requests: a 202 and a job to poll (CONTRACT §7)."),
+    state: state.optional().describe("State shared between replicas. Without it every replica keeps its own, in process."),
     backends: z.array(backend).min(1),
   })
   .strict()
@@ -561,5 +587,6 @@ export type SinkConfig = SluiceConfig["metering"]["sinks"][number];
 export type ProfileConfig = SluiceConfig["profiles"][string];
 export type JwtConfig = NonNullable<SluiceConfig["auth"]["jwt"]>;
 export type JobsConfig = SluiceConfig["jobs"];
+export type RedisStateConfig = NonNullable<NonNullable<SluiceConfig["state"]>["redis"]>;
 export type JobStoreConfig = NonNullable<JobsConfig["store"]>;
 export type WebhookConfig = NonNullable<NonNullable<ProfileConfig["notify"]>["webhook"]>;

@@ -221,6 +221,10 @@ export class InProcessScheduler implements Scheduler {
     this.dispatch();
   }
 
+  refresh(): void {
+    this.dispatch();
+  }
+
   stats(): SchedulerStats {
     const now = this.options.now();
     return {

@@ -94,4 +94,6 @@ export interface Scheduler {
   release(backend: string, outcome: SlotRelease): void;
   /** Queue depth and waits per level (a remote store answers asynchronously). */
   stats(): SchedulerStats | Promise<SchedulerStats>;
+  /** Backend state changed from outside (a cooldown another replica saw): look at the waiters again. */
+  refresh?(): void;
 }

@@ -42,6 +42,8 @@ export class BackendLive {
     readonly name: string,
     breaker: BreakerOptions,
     onBreakerChange: (change: BackendBreakerChange) => void,
+    /** Told of each cooldown an answer through this replica started (to share it with other replicas). */
+    private readonly onCooldown?: (backend: string, until: number) => void,
   ) {
     this.breaker = new CircuitBreaker(breaker, (c) => onBreakerChange({ backend: name, ...c }));
   }
@@ -69,6 +71,15 @@ export class BackendLive {
     return true;
   }
 
+  /**
+   * The backend asked not to be called before `until` (its Retry-After): this replica's answer,
+   * or another's through shared state. After it, one probe goes first.
+   */
+  coolDown(until: number): void {
+    if (until > this.cooldownUntil) this.cooldownUntil = until;
+    this.recovering = true;
+  }
+
   /** Gives a lease back and records what the attempt said about the backend's health. */
   release(verdict: Verdict, now: number, latencyAlpha: number, ttfbMs?: number, cooldownUntil?: number): void {
     if (this.inFlight > 0) this.inFlight--;
@@ -84,9 +95,10 @@ export class BackendLive {
         this.breaker.onAbandon();
     }
     const throttled = cooldownUntil !== undefined && cooldownUntil > now;
-    if (throttled && cooldownUntil > this.cooldownUntil) this.cooldownUntil = cooldownUntil;
-    if (throttled) this.recovering = true;
-    else if (this.probeOut) {
+    if (throttled) {
+      this.coolDown(cooldownUntil);
+      this.onCooldown?.(this.name, cooldownUntil);
+    } else if (this.probeOut) {
       // The probe's answer: anything but a new throttle or an abandoned attempt ends the recovery.
       if (verdict !== "abandoned") this.recovering = false;
     }
@@ -120,12 +132,16 @@ export class InProcessBackendStore implements BackendStateStore {
   private readonly live = new Map<string, BackendLive>();
   private readonly cursors = new Map<string, { next: number }>();
 
-  constructor(private readonly onBreakerChange: (change: BackendBreakerChange) => void = logBreakerChange) {}
+  constructor(
+    private readonly onBreakerChange: (change: BackendBreakerChange) => void = logBreakerChange,
+    /** Told of each cooldown a backend's answer started here (shared state passes it on). */
+    private readonly onCooldown?: (backend: string, until: number) => void,
+  ) {}
 
   attach(terms: BackendTerms): BackendLive {
     let b = this.live.get(terms.name);
     if (!b) {
-      b = new BackendLive(terms.name, terms.breaker, this.onBreakerChange);
+      b = new BackendLive(terms.name, terms.breaker, this.onBreakerChange, this.onCooldown);
       this.live.set(terms.name, b);
     } else b.breaker.configure(terms.breaker);
     b.maxConcurrency = terms.maxConcurrency;
