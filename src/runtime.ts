@@ -9,7 +9,7 @@ import type { RelayHandle } from "./proxy/relay.ts";
 import type { BackendPool } from "./routing/pool.ts";
 import { InProcessScheduler, type SchedulerOptions } from "./scheduling/in-process.ts";
 import type { Scheduler } from "./scheduling/port.ts";
-import { InProcessBackendStore, logBreakerChange, type BackendStateStore } from "./state/backend-state.ts";
+import { InProcessBackendStore, logBreakerChange, type BackendBreakerChange, type BackendStateStore } from "./state/backend-state.ts";
 
 /**
  * What outlives config versions in one process (or isolate): the backends' live state, the
@@ -43,6 +43,8 @@ export interface RuntimeOptions {
   jobs?: JobService;
   /** Told of each cooldown a backend's answer started here (a shared store passes it to the other replicas). */
   onCooldown?: (backend: string, until: number) => void;
+  /** Told of each breaker change, after it is logged and counted (a shared store passes it on). */
+  onBreakerChange?: (change: BackendBreakerChange) => void;
 }
 
 /** The in-process scheduler's settings for a config version. */
@@ -72,6 +74,7 @@ export function createRuntime(options: RuntimeOptions = {}): GatewayRuntime {
     (change) => {
       logBreakerChange(change);
       metrics.breakerChanged(change.backend, change.to);
+      options.onBreakerChange?.(change);
     },
     options.onCooldown,
   );

@@ -3,7 +3,7 @@ import { createGateway } from "../../src/gateway.ts";
 import { InProcessRateLimiter } from "../../src/governance/limits.ts";
 import { createRuntime } from "../../src/runtime.ts";
 import { GatewayHolder, openNodeConfigSource } from "../node/reload.ts";
-import { cooldownSharing } from "../node/redis-cooldowns.ts";
+import { backendStateSharing } from "../node/redis-backend-state.ts";
 import { openNodeLimiter } from "../node/redis-limiter.ts";
 import { nodeSinks } from "../node/sinks.ts";
 import { createUpstreamClient } from "../node/upstream.ts";
@@ -30,9 +30,9 @@ const usage = nodeSinks(source.initial.config.metering.sinks);
 // every gateway a reload builds gets this one runtime.
 // Budgets shared between instances through Redis when the config has state.redis (read once, at start).
 const sharedLimiter = await openNodeLimiter(source.initial.config);
-// Cooldowns shared on the same connection: a retry-after seen by one instance is honoured by all.
-const cooldowns = cooldownSharing(sharedLimiter?.connection, () => runtime);
-const runtime = createRuntime({ jobs: jobs?.service, limiter: sharedLimiter?.limiter ?? new InProcessRateLimiter(), onCooldown: cooldowns.onCooldown });
+// Cooldowns and open breakers shared on the same connection: what one instance sees holds for all.
+const sharedBackends = backendStateSharing(sharedLimiter?.connection, () => runtime);
+const runtime = createRuntime({ jobs: jobs?.service, limiter: sharedLimiter?.limiter ?? new InProcessRateLimiter(), onCooldown: sharedBackends.onCooldown, onBreakerChange: sharedBackends.onBreakerChange });
 const holder = new GatewayHolder((config, configStatus) => createGateway({ config, runtime, upstream: client.upstream, usageSinks: usage.sinks, configStatus }), source.initial);
 const follower = source.follow(holder);
 
@@ -65,6 +65,6 @@ app.hook.appTerminate(async () => {
   holder.closeProfiles();
   await client.close();
   await usage.close();
-  await cooldowns.close();
+  await sharedBackends.close();
   await sharedLimiter?.close();
 });

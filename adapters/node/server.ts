@@ -14,7 +14,7 @@ import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
 import { openNodeJobs } from "./jobs.ts";
-import { cooldownSharing } from "./redis-cooldowns.ts";
+import { backendStateSharing } from "./redis-backend-state.ts";
 import { openNodeLimiter } from "./redis-limiter.ts";
 import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient, readWhole } from "./upstream.ts";
@@ -198,9 +198,9 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
   const jobs = await openNodeJobs(config, overrides.jobsDirectory);
   // Budgets shared between replicas through Redis (state.redis), else in-process; read once at start.
   const limiter = await openNodeLimiter(config);
-  // Cooldowns shared on the same connection: a retry-after seen here is honoured by every replica.
-  const cooldowns = cooldownSharing(limiter?.connection, () => runtime);
-  const runtime = createRuntime({ jobs: jobs?.service, limiter: limiter?.limiter, onCooldown: cooldowns.onCooldown });
+  // Cooldowns and open breakers shared on the same connection: a retry-after or an open circuit seen here holds for every replica.
+  const sharedBackends = backendStateSharing(limiter?.connection, () => runtime);
+  const runtime = createRuntime({ jobs: jobs?.service, limiter: limiter?.limiter, onCooldown: sharedBackends.onCooldown, onBreakerChange: sharedBackends.onBreakerChange });
   // Read once at start, like server.port: a reload that changes it says it needs a restart.
   const operatorPort = overrides.operatorPort ?? config.server.operatorPort;
   const holder = new GatewayHolder(
@@ -247,7 +247,7 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     await jobsClosed;
     await client.close();
     await usage.close();
-    await cooldowns.close();
+    await sharedBackends.close();
     await limiter?.close();
   };
   return {

@@ -485,7 +485,7 @@ const state = z
       .strict()
       .optional()
       .describe(
-        "Node and Azure Functions: share the token and request budgets of `limits` between every replica through this Redis (reserved and settled atomically, one budget for all replicas), and backend cooldowns (a Retry-After seen by one replica is honoured by all). While Redis is unreachable each replica falls back to its own budgets and cooldowns, with a warning. In-flight leases (`maxConcurrency`), breakers, latency and queue order are still per replica. Read at start; a reload does not change it. Workers share these through their Durable Objects instead.",
+        "Node and Azure Functions: share the token and request budgets of `limits` between every replica through this Redis (reserved and settled atomically, one budget for all replicas), backend cooldowns (a Retry-After seen by one replica is honoured by all) and open breakers (open on every replica; the replica that opened it sends the one half-open probe). While Redis is unreachable each replica falls back to its own budgets, cooldowns and breakers, with a warning. In-flight leases (`maxConcurrency`), latency and queue order are still per replica. Read at start; a reload does not change it. Workers share these through their Durable Objects instead.",
       ),
   })
   .strict();

@@ -32,7 +32,9 @@ export type BreakerChangeReason =
   | "failure-rate" // closed → open
   | "open-elapsed" // open → half-open (observed by a call at or after reopensAt())
   | "probe-failed" // half-open → open, for a grown interval
-  | "probe-succeeded"; // half-open → closed
+  | "probe-succeeded" // half-open → closed
+  | "shared-open" // → open: another replica's breaker opened (shared state)
+  | "shared-close"; // → closed: another replica's probe succeeded
 
 export interface BreakerChange {
   from: BreakerState;
@@ -74,6 +76,8 @@ export class CircuitBreaker {
   /** Failed probes in a row since the circuit last closed: the exponent of the growth. */
   private failedProbes = 0;
   private openedAt = 0;
+  /** Held open until then by another replica's breaker (shared state): that replica probes first. */
+  private heldUntil = 0;
   private probing = false;
   private window: SlidingWindow;
 
@@ -116,7 +120,32 @@ export class CircuitBreaker {
 
   /** When the circuit lets a probe through (epoch ms), for Retry-After on a refusal. Meaningful while open. */
   reopensAt(): number {
-    return this.openedAt + this.openInterval();
+    return Math.max(this.openedAt + this.openInterval(), this.heldUntil);
+  }
+
+  /**
+   * Another replica's breaker for this backend opened: this one stays open until `until` too,
+   * so the probe is that replica's (it tells the result); past `until` this one probes itself.
+   */
+  holdOpen(until: number, now: number): void {
+    if (until <= now) return;
+    this.heldUntil = Math.max(this.heldUntil, until);
+    if (this.current !== "open") {
+      this.openedAt = now;
+      this.probing = false;
+      this.transition("open", now, "shared-open");
+    }
+  }
+
+  /** Another replica's probe succeeded: this one closes too (its own counts start over). */
+  closeShared(now: number): void {
+    this.heldUntil = 0;
+    if (this.current === "closed") return;
+    this.probing = false;
+    this.failedProbes = 0;
+    this.consecutiveFailures = 0;
+    this.window.reset();
+    this.transition("closed", now, "shared-close");
   }
 
   onSuccess(now: number): void {
@@ -168,6 +197,7 @@ export class CircuitBreaker {
   }
 
   private close(now: number): void {
+    this.heldUntil = 0;
     this.probing = false;
     this.failedProbes = 0;
     this.consecutiveFailures = 0;

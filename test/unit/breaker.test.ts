@@ -359,3 +359,39 @@ describe("resilience.breaker config", () => {
     expect(withBreaker({ openMs: 86_400_000, maxOpenMs: 86_400_000, failureRate: 1, backoffMultiplier: 1 })).not.toThrow();
   });
 });
+
+describe("circuit breaker: state shared by another replica", () => {
+  it("holdOpen opens a closed breaker until then (a probe only after it), and extends its own interval when later", () => {
+    const changes: BreakerChange[] = [];
+    const b = breaker({ openMs: 1000 }, changes);
+    b.holdOpen(T0 + 6000, T0);
+    expect(b.state(T0)).toBe("open");
+    expect(changes.at(-1)).toMatchObject({ from: "closed", to: "open", reason: "shared-open" });
+    // Its own interval (1 s) has passed, the hold (6 s) has not: still open, nothing passes.
+    expect(b.tryPass(T0 + 1500)).toBe(false);
+    expect(b.reopensAt()).toBe(T0 + 6000);
+    expect(b.state(T0 + 6000)).toBe("half-open");
+    expect(b.tryPass(T0 + 6000)).toBe(true);
+    expect(b.tryPass(T0 + 6000)).toBe(false);
+    // A hold in the past changes nothing.
+    const fresh = breaker({ openMs: 1000 });
+    fresh.holdOpen(T0 - 1, T0);
+    expect(fresh.state(T0)).toBe("closed");
+  });
+
+  it("closeShared closes an open or half-open breaker with fresh counts, and does nothing to a closed one", () => {
+    const changes: BreakerChange[] = [];
+    const b = breaker({ failureThreshold: 2, openMs: 1000 }, changes);
+    fail(b, 2, T0);
+    expect(b.state(T0)).toBe("open");
+    b.closeShared(T0 + 10);
+    expect(b.state(T0 + 10)).toBe("closed");
+    expect(changes.at(-1)).toMatchObject({ from: "open", to: "closed", reason: "shared-close" });
+    // Counts start over: one failure does not reopen it.
+    b.onFailure(T0 + 20);
+    expect(b.state(T0 + 20)).toBe("closed");
+    const n = changes.length;
+    b.closeShared(T0 + 30);
+    expect(changes).toHaveLength(n);
+  });
+});
