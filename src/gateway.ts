@@ -5,7 +5,7 @@ import { Authenticator } from "./governance/identity.ts";
 import type { RateLimiter } from "./governance/limits.ts";
 import { FanOutSink, type UsageSink } from "./metering/events.ts";
 import { mountJobs } from "./jobs/routes.ts";
-import { mountOps } from "./ops.ts";
+import { mountOps, type SharedStateStatus } from "./ops.ts";
 import { readBodyWithin } from "./pipeline/body.ts";
 import { runExchange, type PipelineContext, type RequestLine } from "./pipeline/run.ts";
 import { resolvePriority } from "./priority.ts";
@@ -44,6 +44,8 @@ export interface GatewayOptions {
   operatorListener?: boolean;
   /** The config version this gateway serves and the last refused reload; shown under `config` by /_gateway/health. */
   configStatus?: () => { version: string; loadedAt: string; lastReloadError: string | null; lastReloadErrorAt?: string | null };
+  /** The state shared between replicas, when the adapter has one: shown by /_gateway/health and /metrics. */
+  sharedState?: () => SharedStateStatus;
 }
 
 export interface Gateway {
@@ -90,6 +92,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     authenticator: ctx.authenticator,
     operatorListenerOnly: options.operatorListener === true,
     configStatus: options.configStatus,
+    sharedState: options.sharedState,
   });
   app.all("*", (c) => runExchange(ctx, c.req.raw, c.env));
   // The pipeline answers its own errors; this is for the ops endpoints.

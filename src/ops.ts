@@ -10,6 +10,18 @@ export interface OpsContext {
   /** Served only on an operator listener (server.operatorPort): the adapter marks its requests. */
   operatorListenerOnly: boolean;
   configStatus?: () => unknown;
+  /** The state shared between replicas, when configured (Redis on Node and Azure Functions). */
+  sharedState?: () => SharedStateStatus;
+}
+
+export interface SharedStateStatus {
+  store: string;
+  /** Reachable now: when not, each replica runs on its own (degraded, still serving). */
+  reachable: boolean;
+  /** Why not, when not. */
+  error: string | null;
+  /** What it shares. */
+  shares: string[];
 }
 
 /** How an adapter marks a request that came in on the operator listener. */
@@ -40,12 +52,20 @@ export function mountOps(app: Hono, ctx: OpsContext): void {
   });
   app.get("/_gateway/health", async (c) => {
     const { backends, ...queue } = await scheduler.stats();
-    return c.json({ status: "ok", queue, backends, ...(ctx.configStatus ? { config: ctx.configStatus() } : {}) });
+    const shared = ctx.sharedState?.();
+    return c.json({
+      status: shared && !shared.reachable ? "degraded" : "ok",
+      queue,
+      backends,
+      ...(ctx.configStatus ? { config: ctx.configStatus() } : {}),
+      ...(shared ? { sharedState: shared } : {}),
+    });
   });
   app.get("/metrics", async (c) => {
     const queue = await scheduler.stats();
     const backends = queue.backends.map((b) => ({ name: b.name, inFlight: b.inFlight, breaker: b.breaker, coolingDown: b.coolingDownMs > 0, ttfbMs: b.ttfbMs }));
-    return c.body(metrics.render({ backends, queue }), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+    const shared = ctx.sharedState?.();
+    return c.body(metrics.render({ backends, queue, ...(shared ? { sharedState: { reachable: shared.reachable } } : {}) }), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
   });
   app.get("/_gateway/metrics", (c) => c.redirect("/metrics", 308));
 }

@@ -3,7 +3,7 @@ import { createGateway } from "../../src/gateway.ts";
 import { InProcessRateLimiter } from "../../src/governance/limits.ts";
 import { createRuntime } from "../../src/runtime.ts";
 import { GatewayHolder, openNodeConfigSource } from "../node/reload.ts";
-import { backendStateSharing } from "../node/redis-backend-state.ts";
+import { backendStateSharing, sharedStateStatus } from "../node/redis-backend-state.ts";
 import { openNodeLimiter } from "../node/redis-limiter.ts";
 import { nodeSinks } from "../node/sinks.ts";
 import { createUpstreamClient } from "../node/upstream.ts";
@@ -32,8 +32,9 @@ const usage = nodeSinks(source.initial.config.metering.sinks);
 const sharedLimiter = await openNodeLimiter(source.initial.config);
 // Cooldowns and open breakers shared on the same connection: what one instance sees holds for all.
 const sharedBackends = backendStateSharing(sharedLimiter?.connection, () => runtime);
+const sharedState = sharedStateStatus(sharedLimiter?.connection);
 const runtime = createRuntime({ jobs: jobs?.service, limiter: sharedLimiter?.limiter ?? new InProcessRateLimiter(), onCooldown: sharedBackends.onCooldown, onBreakerChange: sharedBackends.onBreakerChange });
-const holder = new GatewayHolder((config, configStatus) => createGateway({ config, runtime, upstream: client.upstream, usageSinks: usage.sinks, configStatus }), source.initial);
+const holder = new GatewayHolder((config, configStatus) => createGateway({ config, runtime, upstream: client.upstream, usageSinks: usage.sinks, configStatus, sharedState }), source.initial);
 const follower = source.follow(holder);
 
 // One catch-all route; host.json sets an empty route prefix so client paths reach the core unchanged.

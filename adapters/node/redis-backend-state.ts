@@ -19,6 +19,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
+import type { SharedStateStatus } from "../../src/ops.ts";
 import type { GatewayRuntime } from "../../src/runtime.ts";
 import type { BackendBreakerChange } from "../../src/state/backend-state.ts";
 import type { RedisConnection } from "./redis.ts";
@@ -172,4 +173,10 @@ export function backendStateSharing(
     },
     close: () => shared.close(),
   };
+}
+
+/** What /_gateway/health and /metrics say of the shared state on this connection (none without it). */
+export function sharedStateStatus(conn: RedisConnection | undefined): (() => SharedStateStatus) | undefined {
+  if (!conn) return undefined;
+  return () => ({ store: "redis", reachable: conn.healthy, error: conn.healthy ? null : (conn.lastError ?? "not connected"), shares: ["budgets", "cooldowns", "breakers"] });
 }

@@ -14,7 +14,7 @@ import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
 import { openNodeJobs } from "./jobs.ts";
-import { backendStateSharing } from "./redis-backend-state.ts";
+import { backendStateSharing, sharedStateStatus } from "./redis-backend-state.ts";
 import { openNodeLimiter } from "./redis-limiter.ts";
 import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient, readWhole } from "./upstream.ts";
@@ -200,11 +200,12 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
   const limiter = await openNodeLimiter(config);
   // Cooldowns and open breakers shared on the same connection: a retry-after or an open circuit seen here holds for every replica.
   const sharedBackends = backendStateSharing(limiter?.connection, () => runtime);
+  const sharedState = sharedStateStatus(limiter?.connection);
   const runtime = createRuntime({ jobs: jobs?.service, limiter: limiter?.limiter, onCooldown: sharedBackends.onCooldown, onBreakerChange: sharedBackends.onBreakerChange });
   // Read once at start, like server.port: a reload that changes it says it needs a restart.
   const operatorPort = overrides.operatorPort ?? config.server.operatorPort;
   const holder = new GatewayHolder(
-    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, requestLine, usageSinks: usage.sinks, configStatus, operatorListener: operatorPort !== undefined }),
+    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, requestLine, usageSinks: usage.sinks, configStatus, operatorListener: operatorPort !== undefined, sharedState }),
     { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
   );
   const host = overrides.host ?? config.server.host;

@@ -36,6 +36,8 @@ export interface BackendMetricsState {
 export interface MetricsState {
   backends: readonly BackendMetricsState[];
   queue: Pick<SchedulerStats, "waiting" | "levels">;
+  /** Shared state between replicas, when configured: reachable now or not. */
+  sharedState?: { reachable: boolean };
 }
 
 export interface GatewayMetricsOptions {
@@ -182,6 +184,9 @@ export class GatewayMetrics implements UsageSink {
       for (const b of this.state?.backends ?? []) {
         for (const s of BREAKER_STATES) sample([b.name, s], b.breaker === s ? 1 : 0);
       }
+    });
+    r.gauge("sluice_shared_state_up", "1 while the state shared between replicas (Redis) is reachable, 0 while each replica runs on its own; absent without shared state.", [], (sample) => {
+      if (this.state?.sharedState) sample([], this.state.sharedState.reachable ? 1 : 0);
     });
     r.gauge("sluice_backend_cooling_down", "1 while the backend is in cooldown after a 429/503, else 0.", ["backend"], (sample) => {
       for (const b of this.state?.backends ?? []) sample([b.name], b.coolingDown ? 1 : 0);

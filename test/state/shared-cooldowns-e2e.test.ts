@@ -82,8 +82,14 @@ describe("cooldowns shared between replicas through Redis", () => {
     const prefix = `t${Date.now().toString(36)}c:`;
     const a = await eventedGateway(replicaConfig(ptu.url, payg.url, prefix));
     const b = await eventedGateway(replicaConfig(ptu.url, payg.url, prefix));
+    const health = async (url: string) => (await (await fetch(`${url}/_gateway/health`)).json()) as { status: string; sharedState: { store: string; reachable: boolean; shares: string[] } };
+    expect(await health(a.url)).toMatchObject({ status: "ok", sharedState: { store: "redis", reachable: true, shares: ["budgets", "cooldowns", "breakers"] } });
     await redis.stop();
     try {
+      // Degraded, still serving: health and /metrics say so.
+      await until("replica A seeing Redis gone", async () => (await health(a.url)).sharedState.reachable === false, 3000, 50);
+      expect((await health(a.url)).status).toBe("degraded");
+      expect(await (await fetch(`${a.url}/metrics`)).text()).toMatch(/^sluice_shared_state_up 0$/m);
       ptu.sim.script([{ status: 429, headers: { "retry-after-ms": "1000" } }]);
       expect((await post(a.url + CHAT, chatBody())).headers.get("x-sluice-backend")).toBe("payg");
       // B never heard of it: it still uses ptu (each replica on its own while Redis is down).
@@ -95,6 +101,8 @@ describe("cooldowns shared between replicas through Redis", () => {
     }
     // Both reconnect (the backoff is at most 2 s; A's own 1 s cooldown is over by then); then a new cooldown through B reaches A.
     await new Promise((r) => setTimeout(r, 3000));
+    expect((await health(b.url)).sharedState.reachable).toBe(true);
+    expect(await (await fetch(`${b.url}/metrics`)).text()).toMatch(/^sluice_shared_state_up 1$/m);
     expect((await post(a.url + CHAT, chatBody())).headers.get("x-sluice-backend")).toBe("ptu");
     ptu.sim.reset();
     ptu.sim.script([{ status: 429, headers: { "retry-after-ms": "3000" } }]);
