@@ -378,7 +378,7 @@ export interface NodeLimiter {
 export async function openNodeLimiter(config: SluiceConfig, options: RedisLimiterOptions & RedisConnectionOptions & { readyMs?: number } = {}): Promise<NodeLimiter | undefined> {
   const redis = config.state?.redis;
   if (!redis) return undefined;
-  const connection = openRedis(redis, options);
+  const connection = await openRedis(redis, options);
   await connection.ready(options.readyMs ?? 1_000);
   if (!connection.healthy) console.warn(`sluice: Redis at ${redactedUrl(redis.url)} did not answer within ${options.readyMs ?? 1_000} ms; the gateway starts anyway`);
   const limiter = new RedisRateLimiter(connection, options);

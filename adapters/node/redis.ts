@@ -10,7 +10,7 @@
  *
  * `healthy` says whether the connection is up and ready now; `onHealth` reports each change.
  */
-import { Redis, type RedisOptions } from "ioredis";
+import type { Redis, RedisOptions } from "ioredis";
 import type { RedisStateConfig } from "../../src/config/schema.ts";
 
 export interface RedisConnectionOptions {
@@ -55,8 +55,12 @@ export function redactedUrl(url: string): string {
   }
 }
 
-/** Opens the connection (in the background: use `ready` to wait for it). */
-export function openRedis(config: RedisStateConfig, options: RedisConnectionOptions = {}): RedisConnection {
+/**
+ * Opens the connection (in the background: use `ready` to wait for it). The client library is
+ * loaded here, so a gateway without `state.redis` never loads it.
+ */
+export async function openRedis(config: RedisStateConfig, options: RedisConnectionOptions = {}): Promise<RedisConnection> {
+  const { Redis } = await import("ioredis");
   const maxBackoffMs = options.maxBackoffMs ?? 2_000;
   const redisOptions: RedisOptions = {
     commandTimeout: options.commandTimeoutMs ?? 250,
@@ -89,7 +93,7 @@ export function openRedis(config: RedisStateConfig, options: RedisConnectionOpti
   client.on("close", () => set(false, lastError ?? "connection closed"));
   client.on("end", () => set(false, lastError ?? "connection ended"));
 
-  return {
+  const connection: RedisConnection = {
     client,
     keyPrefix: config.keyPrefix,
     get healthy() {
@@ -111,7 +115,7 @@ export function openRedis(config: RedisStateConfig, options: RedisConnectionOpti
           resolve(ok);
         };
         const timer = setTimeout(() => done(healthy), timeoutMs);
-        const off = this.onHealth((h) => h && done(true));
+        const off = connection.onHealth((h) => h && done(true));
       });
     },
     async close() {
@@ -122,4 +126,5 @@ export function openRedis(config: RedisStateConfig, options: RedisConnectionOpti
       client.disconnect(false);
     },
   };
+  return connection;
 }

@@ -4,15 +4,9 @@
  * it. `restart()` brings it back on the same port, empty, as a Redis that was restarted.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { connect, createServer } from "node:net";
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
+import { connect } from "node:net";
+import { afterAll, beforeAll } from "vitest";
+import { freePort } from "./node.ts";
 
 export interface RunningRedis {
   url: string;
@@ -120,5 +114,21 @@ export async function startRedis(): Promise<RunningRedis> {
     resume() {
       child?.kill("SIGCONT");
     },
+  };
+}
+
+/** One redis-server for the test file: started before its tests, stopped after them. */
+export function useRedis(): () => RunningRedis {
+  let running: RunningRedis | undefined;
+  beforeAll(async () => {
+    running = await startRedis();
+  });
+  afterAll(async () => {
+    await running?.stop();
+    running = undefined;
+  });
+  return () => {
+    if (!running) throw new Error("redis-server is not running (use it inside hooks or tests)");
+    return running;
   };
 }

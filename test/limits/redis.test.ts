@@ -27,14 +27,14 @@ afterEach(async () => {
 });
 
 async function connection(keyPrefix = "sluice:"): Promise<RedisConnection> {
-  const c = openRedis({ url: redis.url, keyPrefix });
+  const c = await openRedis({ url: redis.url, keyPrefix });
   connections.push(c);
   expect(await c.ready(5_000)).toBe(true);
   return c;
 }
 
 limiterConformance("redis", async () => {
-  const c = openRedis({ url: redis.url, keyPrefix: "suite:" });
+  const c = await openRedis({ url: redis.url, keyPrefix: "suite:" });
   await c.ready(5_000);
   const limiter = new RedisRateLimiter(c);
   return { limiter, close: async () => (limiter.close(), c.close()) };
@@ -143,7 +143,7 @@ describe("redis limiter: Redis unreachable", () => {
   it("falls back to in-process budgets at once, warns once per outage and again when shared state resumes", async () => {
     const own = await startRedis();
     const warnings: string[] = [];
-    const conn = openRedis({ url: own.url, keyPrefix: "outage:" }, { maxBackoffMs: 200 });
+    const conn = await openRedis({ url: own.url, keyPrefix: "outage:" }, { maxBackoffMs: 200 });
     connections.push(conn);
     try {
       expect(await conn.ready(5_000)).toBe(true);
@@ -182,7 +182,7 @@ describe("redis limiter: Redis unreachable", () => {
   it("a Redis that takes commands but answers nothing: the command times out and the fallback answers", async () => {
     const own = await startRedis();
     const warnings: string[] = [];
-    const conn = openRedis({ url: own.url, keyPrefix: "frozen:" }, { commandTimeoutMs: 250 });
+    const conn = await openRedis({ url: own.url, keyPrefix: "frozen:" }, { commandTimeoutMs: 250 });
     connections.push(conn);
     try {
       expect(await conn.ready(5_000)).toBe(true);
@@ -209,7 +209,7 @@ describe("redis limiter: Redis unreachable", () => {
     const url = own.url;
     await own.stop();
     const warnings: string[] = [];
-    const conn = openRedis({ url, keyPrefix: "never:" }, { maxBackoffMs: 200 });
+    const conn = await openRedis({ url, keyPrefix: "never:" }, { maxBackoffMs: 200 });
     connections.push(conn);
     expect(await conn.ready(300)).toBe(false);
     const red = new RedisRateLimiter(conn, { warn: (m) => warnings.push(m) });

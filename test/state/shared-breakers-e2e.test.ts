@@ -4,18 +4,14 @@
  * the backend nothing), and after the open interval exactly one half-open probe reaches the
  * backend across both: A's; its success closes the circuit on B too.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import { chatBody, closeAfterEach, eventedGateway, post, sim } from "../harness/e2e.ts";
-import { startRedis, type RunningRedis } from "../harness/redis.ts";
+import { useRedis } from "../harness/redis.ts";
 import { until } from "../harness/until.ts";
 
 closeAfterEach();
-let redis: RunningRedis;
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(() => redis.stop());
+const redis = useRedis();
 
 const CHAT = "/v1/chat/completions";
 const health = async (url: string) => ((await (await fetch(`${url}/_gateway/health`)).json()) as { backends: { name: string; breaker: string }[] }).backends[0]!.breaker;
@@ -24,7 +20,7 @@ describe("breakers shared between replicas through Redis", () => {
   it("opened through replica A, open on B; after the interval one probe in all, and its success closes B too", async () => {
     const b = await sim("b");
     const config: SluiceConfigInput = {
-      state: { redis: { url: redis.url, keyPrefix: `t${Date.now().toString(36)}:` } },
+      state: { redis: { url: redis().url, keyPrefix: `t${Date.now().toString(36)}:` } },
       resilience: { breaker: { failureThreshold: 2, openMs: 1000 } },
       backends: [{ name: "b", url: b.url, kind: "openai", models: ["gpt-4o"] }],
     };
@@ -56,7 +52,7 @@ describe("breakers shared between replicas through Redis", () => {
   it("a replica whose opener never probes probes itself once the hold ends", async () => {
     const b = await sim("b");
     const config: SluiceConfigInput = {
-      state: { redis: { url: redis.url, keyPrefix: `t${Date.now().toString(36)}x:` } },
+      state: { redis: { url: redis().url, keyPrefix: `t${Date.now().toString(36)}x:` } },
       resilience: { breaker: { failureThreshold: 1, openMs: 500 } },
       backends: [{ name: "b", url: b.url, kind: "openai", models: ["gpt-4o"] }],
     };

@@ -4,24 +4,20 @@
  * `retry-after-ms` seen through replica A keeps replica B away from that backend until the
  * cooldown ends (counted at the backend), and a replica started during a cooldown learns of it.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import { chatBody, closeAfterEach, eventedGateway, post, sim } from "../harness/e2e.ts";
-import { startRedis, type RunningRedis } from "../harness/redis.ts";
+import { useRedis } from "../harness/redis.ts";
 import { until } from "../harness/until.ts";
 
 closeAfterEach();
-let redis: RunningRedis;
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(() => redis.stop());
+const redis = useRedis();
 
 const CHAT = "/v1/chat/completions";
 
 function replicaConfig(ptu: string, payg: string, keyPrefix: string): SluiceConfigInput {
   return {
-    state: { redis: { url: redis.url, keyPrefix } },
+    state: { redis: { url: redis().url, keyPrefix } },
     backends: [
       { name: "ptu", url: ptu, kind: "openai", group: 1, models: ["gpt-4o"] },
       { name: "payg", url: payg, kind: "openai", group: 2, models: ["gpt-4o"] },
@@ -84,7 +80,7 @@ describe("cooldowns shared between replicas through Redis", () => {
     const b = await eventedGateway(replicaConfig(ptu.url, payg.url, prefix));
     const health = async (url: string) => (await (await fetch(`${url}/_gateway/health`)).json()) as { status: string; sharedState: { store: string; reachable: boolean; shares: string[] } };
     expect(await health(a.url)).toMatchObject({ status: "ok", sharedState: { store: "redis", reachable: true, shares: ["budgets", "cooldowns", "breakers"] } });
-    await redis.stop();
+    await redis().stop();
     try {
       // Degraded, still serving: health and /metrics say so.
       await until("replica A seeing Redis gone", async () => (await health(a.url)).sharedState.reachable === false, 3000, 50);
@@ -97,7 +93,7 @@ describe("cooldowns shared between replicas through Redis", () => {
       expect(fromB.status).toBe(200);
       expect(fromB.headers.get("x-sluice-backend")).toBe("ptu");
     } finally {
-      await redis.restart();
+      await redis().restart();
     }
     // Both reconnect (the backoff is at most 2 s; A's own 1 s cooldown is over by then); then a new cooldown through B reaches A.
     await new Promise((r) => setTimeout(r, 3000));
