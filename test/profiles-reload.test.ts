@@ -145,7 +145,8 @@ describe("caller profiles from a watched profiles file (Node, real sockets)", ()
     const body = await streamBody;
     expect(body.text.trimEnd().endsWith("data: [DONE]")).toBe(true);
     expect(body.end).toBeGreaterThan(refused); // it really was in flight across the change
-    expect(aliceStatuses.length).toBeGreaterThan(10);
+    // Served throughout: how many depends on the machine's speed, so the count is the one waited for above.
+    expect(aliceStatuses.length).toBeGreaterThanOrEqual(aliceBefore + 5);
     expect(aliceStatuses.filter((s) => s !== 200)).toEqual([]);
     expect(await gw.status("key-alice")).toBe(200);
     expect(infos.mock.calls.some((c) => String(c[0]).includes(`config reloaded: version ${running.holder.version} from ${configFile} + ${profilesFile}`))).toBe(true);
