@@ -42,7 +42,7 @@
 import { hostname } from "node:os";
 import type { InvocationContext, Timer } from "@azure/functions";
 import type { SluiceConfig } from "../../src/config/schema.ts";
-import { TERMINAL } from "../../src/jobs/port.ts";
+import { JOB_ID, TERMINAL } from "../../src/jobs/port.ts";
 import { JobService } from "../../src/jobs/service.ts";
 import { DEFAULT_CONTAINER, DEFAULT_QUEUE, type AzureJobQueue, type AzureJobStore } from "../azure/job-store.ts";
 import { openAzureJobs } from "../azure/jobs.ts";
@@ -61,7 +61,6 @@ export const SWEEP_SCHEDULE = "0 */5 * * * *";
 
 /** Storage Queue names: 3-63 characters. The host names a queue's poison queue `<queue>-poison`. */
 const MAX_QUEUE_NAME = 63;
-const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
 /** A job run gets at most this much of the worker's shutdown; the rest go back to the queue. */
 const MAX_CLOSE_GRACE_MS = 5_000;
 

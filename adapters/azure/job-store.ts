@@ -27,6 +27,7 @@ import { Readable } from "node:stream";
 import { BlobServiceClient, type ContainerClient, type StoragePipelineOptions as BlobPipelineOptions } from "@azure/storage-blob";
 import { QueueClient, QueueServiceClient, type StoragePipelineOptions as QueuePipelineOptions } from "@azure/storage-queue";
 import {
+  JOB_ID,
   nextStatus,
   TERMINAL,
   type JobDelivery,
@@ -42,7 +43,6 @@ export const DEFAULT_CONTAINER = "sluice-jobs";
 export const DEFAULT_QUEUE = "sluice-jobs";
 
 /** Job ids this store accepts: they become blob names, so nothing path-like. */
-const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
 const RECORD_BLOB = /^jobs\/([A-Za-z0-9-]{1,64})\/record\.json$/;
 
 /** A record is a few hundred bytes; anything near this is not one of ours. */

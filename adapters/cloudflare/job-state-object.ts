@@ -1,8 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
-import { nextStatus, TERMINAL, type JobRecord } from "../../src/jobs/port.ts";
+import { JOB_ID, nextStatus, TERMINAL, type JobRecord } from "../../src/jobs/port.ts";
 
 /** Job ids the object accepts (as the service and the store do): nothing path-like. */
-const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
 
 /** What a Worker calls on the job state object (every call a Promise across the RPC boundary). */
 export interface JobStateRpc {

@@ -22,7 +22,7 @@
  * ends within the first part is one plain put. At most one part is held at a time, whatever the
  * body's length.
  */
-import type { JobRecord, JobRequest, JobResult, JobResultHead, JobStore } from "../../src/jobs/port.ts";
+import { JOB_ID, type JobRecord, type JobRequest, type JobResult, type JobResultHead, type JobStore } from "../../src/jobs/port.ts";
 import type { JobStateRpc } from "./job-state-object.ts";
 import { withRetries } from "./rpc-calls.ts";
 
@@ -30,7 +30,6 @@ import { withRetries } from "./rpc-calls.ts";
 export const JOB_STATE_OBJECT = "jobs";
 
 /** Job ids this store accepts: they become R2 keys, so nothing path-like. */
-const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
 /**
  * Result parts: R2 wants every part of a multipart upload but the last to be of one size, at
  * least 5 MiB; 10,000 parts of 5 MiB allow a 48 GiB result. One part is held per upload (the

@@ -5,12 +5,11 @@ import { join, resolve } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { JobDelivery, JobRecord, JobRequest, JobResult, JobResultHead, JobStore, PulledJobQueue } from "../../src/jobs/port.ts";
-import { nextStatus, TERMINAL } from "../../src/jobs/port.ts";
+import { JOB_ID, nextStatus, TERMINAL } from "../../src/jobs/port.ts";
 
-const ID = /^[A-Za-z0-9-]{1,64}$/;
 
 function checkId(id: string): void {
-  if (!ID.test(id)) throw new Error(`sluice: "${id.slice(0, 80)}" is not a job id`);
+  if (!JOB_ID.test(id)) throw new Error(`sluice: "${id.slice(0, 80)}" is not a job id`);
 }
 
 /** Writes a file whole or not at all: a crash mid-write leaves the old one (or none), never half of it. */
@@ -105,12 +104,12 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
 
   async get(id: string): Promise<JobRecord | undefined> {
     // An id that is not one (a path, say) names no job: nothing is read for it.
-    if (!ID.test(id)) return undefined;
+    if (!JOB_ID.test(id)) return undefined;
     return readJson<JobRecord>(join(this.dir(id), "record.json"));
   }
 
   async request(id: string): Promise<JobRequest | undefined> {
-    if (!ID.test(id)) return undefined;
+    if (!JOB_ID.test(id)) return undefined;
     const dir = this.dir(id);
     const head = await readJson<{ method: string; target: string; headers: [string, string][]; hasBody: boolean }>(join(dir, "request.json"));
     if (!head) return undefined;
@@ -119,7 +118,7 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
   }
 
   async update(id: string, patch: Partial<Omit<JobRecord, "id">>): Promise<JobRecord | undefined> {
-    if (!ID.test(id)) return undefined;
+    if (!JOB_ID.test(id)) return undefined;
     const file = join(this.dir(id), "record.json");
     return this.lock.run(id, async () => {
       const r = await readJson<JobRecord>(file);
@@ -149,7 +148,7 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
   }
 
   async result(id: string): Promise<JobResult | undefined> {
-    if (!ID.test(id)) return undefined;
+    if (!JOB_ID.test(id)) return undefined;
     const dir = this.dir(id);
     const head = await readJson<JobResultHead>(join(dir, "result.json"));
     if (!head) return undefined;
@@ -177,7 +176,7 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
   private async records(): Promise<JobRecord[]> {
     const out: JobRecord[] = [];
     for (const id of await readdir(this.jobsDir)) {
-      if (!ID.test(id)) continue;
+      if (!JOB_ID.test(id)) continue;
       const r = await this.get(id).catch(() => undefined);
       if (r) out.push(r);
     }
@@ -214,7 +213,7 @@ export class DirectoryJobStore implements JobStore, PulledJobQueue {
       for (const name of await readdir(this.queueDir)) {
         if (!name.endsWith(".json")) continue;
         const id = name.slice(0, -5);
-        if (!ID.test(id)) continue;
+        if (!JOB_ID.test(id)) continue;
         const e = await readJson<QueueEntry>(join(this.queueDir, name)).catch(() => undefined);
         if (e && e.visibleAt <= t) visible.push({ id, e });
       }

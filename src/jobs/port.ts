@@ -9,6 +9,9 @@
  * heartbeat that goes stale, and the next runner to see its id runs it again.
  */
 
+/** What a job id may be (the service makes UUIDs): every store refuses anything else, so an id can never name a path. */
+export const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
+
 export type JobStatus = "queued" | "running" | "succeeded" | "failed" | "expired" | "cancelled";
 
 export const TERMINAL: ReadonlySet<JobStatus> = new Set(["succeeded", "failed", "expired", "cancelled"]);

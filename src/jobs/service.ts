@@ -6,11 +6,10 @@ import type { UsageEvent } from "../metering/events.ts";
 import { later, type Timer } from "../timers.ts";
 import type { BodyBytes, ClientSignal } from "../types.ts";
 import { deliverWebhook } from "./notify.ts";
-import { TERMINAL, type JobOwner, type JobQueue, type JobRecord, type JobRequest, type JobStatus, type JobStore } from "./port.ts";
+import { JOB_ID, TERMINAL, type JobOwner, type JobQueue, type JobRecord, type JobRequest, type JobStatus, type JobStore } from "./port.ts";
 
 /** Where the job resource lives, under the gateway's prefix. */
 export const JOBS_PATH = "/_gateway/jobs";
-const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
 /** Headers of the client's request that ask for the handoff: the job's run must not ask again. */
 const ASYNC_HEADERS: ReadonlySet<string> = new Set(["prefer", "s7pasyncmode"]);
 /** Polls are asked to come back after this long while a job is not done. */

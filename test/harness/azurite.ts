@@ -8,13 +8,13 @@
  * process runs in a temp directory of its own in case some version still writes a file to its
  * working directory. It runs in its own process group, so `stop()` ends it and anything it spawned.
  */
+import { useService } from "./service.ts";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll } from "vitest";
 
 /** Azurite's default account (node_modules/azurite/README.md, "Default Storage Account"). */
 export const AZURITE_ACCOUNT = "devstoreaccount1";
@@ -90,18 +90,7 @@ export async function startAzurite(options: { startTimeoutMs?: number } = {}): P
  * test file (or a describe) and read the running instance inside hooks and tests.
  */
 export function useAzurite(): () => RunningAzurite {
-  let running: RunningAzurite | undefined;
-  beforeAll(async () => {
-    running = await startAzurite();
-  });
-  afterAll(async () => {
-    await running?.stop();
-    running = undefined;
-  });
-  return () => {
-    if (!running) throw new Error("Azurite is not running (use it inside hooks or tests)");
-    return running;
-  };
+  return useService("Azurite", () => startAzurite());
 }
 
 function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {

@@ -3,9 +3,9 @@
  * port, no persistence (`--save '' --appendonly no`), started and stopped by the test that uses
  * it. `restart()` brings it back on the same port, empty, as a Redis that was restarted.
  */
+import { useService } from "./service.ts";
 import { spawn, type ChildProcess } from "node:child_process";
 import { connect } from "node:net";
-import { afterAll, beforeAll } from "vitest";
 import { freePort } from "./node.ts";
 
 export interface RunningRedis {
@@ -119,16 +119,5 @@ export async function startRedis(): Promise<RunningRedis> {
 
 /** One redis-server for the test file: started before its tests, stopped after them. */
 export function useRedis(): () => RunningRedis {
-  let running: RunningRedis | undefined;
-  beforeAll(async () => {
-    running = await startRedis();
-  });
-  afterAll(async () => {
-    await running?.stop();
-    running = undefined;
-  });
-  return () => {
-    if (!running) throw new Error("redis-server is not running (use it inside hooks or tests)");
-    return running;
-  };
+  return useService("redis-server", () => startRedis());
 }
