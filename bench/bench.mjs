@@ -5,12 +5,13 @@
 // takes the median over the repetitions, writes bench/results/latest.{md,json}, prints the
 // table, the ratios and a PASS/FAIL line per target, and stops every process it started.
 //
-// Flags: --quick (one repetition, short runs), --reps N, --targets direct,nginx,portkey,sluice,
+// Flags: --quick (one repetition, short runs), --reps N, --targets direct,nginx,portkey,sluice,sluice2
+//        (sluice2: Sluice with server.workers: 2 sharing state through a redis-server the bench starts),
 //        --profile (afterwards, a CPU profile of Sluice under the 64-connection load),
 //        --profile-only (only that), --out DIR (default bench/results).
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { appendFileSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -28,14 +29,14 @@ const option = (name) => {
   return argv[i].includes("=") ? argv[i].slice(argv[i].indexOf("=") + 1) : argv[i + 1];
 };
 if (flag("help")) {
-  console.log("usage: bash bench/run [--quick] [--reps N] [--targets direct,nginx,portkey,sluice] [--profile | --profile-only] [--out DIR]");
+  console.log("usage: bash bench/run [--quick] [--reps N] [--targets direct,nginx,portkey,sluice,sluice2] [--profile | --profile-only] [--out DIR]");
   process.exit(0);
 }
 const QUICK = flag("quick");
 const PROFILE_ONLY = flag("profile-only");
 const PROFILE = flag("profile") || PROFILE_ONLY;
 const REPS = Number(option("reps") ?? (QUICK ? 1 : 3));
-const ALL_TARGETS = ["direct", "nginx", "portkey", "sluice"];
+const ALL_TARGETS = ["direct", "nginx", "portkey", "sluice", "sluice2"];
 const TARGETS = (option("targets") ?? ALL_TARGETS.join(",")).split(",").filter((t) => ALL_TARGETS.includes(t));
 const OUT = resolve(option("out") ?? join(BENCH, "results"));
 const NGINX_WORKERS = process.env.BENCH_NGINX_WORKERS ?? "1";
@@ -257,14 +258,33 @@ async function startPortkey(mockPort) {
   return { entry, target };
 }
 
-async function startSluice(mockPort, { name = "sluice", extraNodeArgs = [] } = {}) {
+/** A redis-server for the workers' shared state (Debian's package; bench/run installs it), no persistence. */
+async function startRedis() {
+  const port = await freePort();
+  const entry = start("redis", "redis-server", ["--port", String(port), "--bind", HOST, "--save", "", "--appendonly", "no"]);
+  const until = Date.now() + 10_000;
+  for (;;) {
+    if (entry.exited) throw new Error(`redis-server exited (${entry.code}):\n${tail(entry.logFile)}`);
+    const ok = await new Promise((res) => {
+      const sock = connect({ host: HOST, port }, () => sock.write("PING\r\n"));
+      sock.on("data", (d) => (sock.destroy(), res(String(d).startsWith("+PONG"))));
+      sock.on("error", () => res(false));
+    });
+    if (ok) return { entry, url: `redis://${HOST}:${port}` };
+    if (Date.now() > until) throw new Error("redis-server did not answer PING");
+    await sleep(50);
+  }
+}
+
+async function startSluice(mockPort, { name = "sluice", extraNodeArgs = [], workers = 1, redisUrl } = {}) {
   const port = await freePort();
   const config = join(tmp, `${name}.json`);
   writeFileSync(
     config,
     JSON.stringify(
       {
-        server: { host: HOST, port, shutdownGraceMs: 2000 },
+        server: { host: HOST, port, shutdownGraceMs: 2000, workers },
+        ...(redisUrl ? { state: { redis: { url: redisUrl, keyPrefix: `${name}${Date.now()}:` } } } : {}),
         backends: [{ name: "mock", url: `http://${HOST}:${mockPort}`, kind: "openai", models: ["*"] }],
       },
       null,
@@ -275,7 +295,17 @@ async function startSluice(mockPort, { name = "sluice", extraNodeArgs = [] } = {
   const entry = start(name, process.execPath, [...extraNodeArgs, join(ROOT, "dist", "node", "main.js"), "--config", config], { cwd: ROOT });
   const target = { name: "sluice", origin: `http://${HOST}:${port}`, headers: { authorization: "Bearer sk-bench" }, pid: entry.child.pid };
   await waitReady(entry, target, 60_000);
+  // Every worker listening, not only the first to answer.
+  if (workers > 1) await waitFor(() => (readFileSync(entry.logFile, "utf8").match(/listening on/g) ?? []).length >= workers, 30_000);
   return { entry, target };
+}
+
+async function waitFor(check, timeoutMs) {
+  const until = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > until) throw new Error("timed out");
+    await sleep(50);
+  }
 }
 
 // ------------------------------------------------------------------ drivers
@@ -397,7 +427,7 @@ function versions() {
   return v;
 }
 
-const LABEL = { direct: "direct (floor)", nginx: "nginx", portkey: "Portkey", sluice: "Sluice" };
+const LABEL = { direct: "direct (floor)", nginx: "nginx", portkey: "Portkey", sluice: "Sluice", sluice2: "Sluice, 2 workers + Redis" };
 
 async function main() {
   const t0 = Date.now();
@@ -417,7 +447,9 @@ async function main() {
     nginx: () => startNginx(mock.port),
     portkey: () => startPortkey(mock.port),
     sluice: () => startSluice(mock.port),
+    sluice2: async () => startSluice(mock.port, { name: "sluice2", workers: 2, redisUrl: (redis ??= await startRedis()).url }),
   };
+  let redis;
   for (const name of TARGETS) {
     try {
       if (name === "direct") targets.direct = mock.target;
@@ -443,6 +475,8 @@ async function main() {
       // always land on the same one.
       const order = names.map((_, i) => names[(i + rep) % names.length]);
       for (const name of order) {
+        // The memory test reads one process's RSS: not comparable for several workers.
+        if (test === "stalls" && name === "sluice2") continue;
         if (test === "stalls" && servers[name]) {
           // Memory is measured on a freshly started gateway, so it does not depend on what ran before.
           await stop(servers[name].entry);

@@ -22,6 +22,8 @@ export interface SharedStateStatus {
   error: string | null;
   /** What it shares. */
   shares: string[];
+  /** Per backend with a maxConcurrency, across every live replica (as of the last renewal). */
+  backends?: { backend: string; maxConcurrency: number; inFlight: number; slotsHeld: number; slotsHere: number; replicas: number }[];
 }
 
 /** How an adapter marks a request that came in on the operator listener. */
@@ -65,7 +67,7 @@ export function mountOps(app: Hono, ctx: OpsContext): void {
     const queue = await scheduler.stats();
     const backends = queue.backends.map((b) => ({ name: b.name, inFlight: b.inFlight, breaker: b.breaker, coolingDown: b.coolingDownMs > 0, ttfbMs: b.ttfbMs }));
     const shared = ctx.sharedState?.();
-    return c.body(metrics.render({ backends, queue, ...(shared ? { sharedState: { reachable: shared.reachable } } : {}) }), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+    return c.body(metrics.render({ backends, queue, ...(shared ? { sharedState: { reachable: shared.reachable, backends: shared.backends } } : {}) }), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
   });
   app.get("/_gateway/metrics", (c) => c.redirect("/metrics", 308));
 }

@@ -8,6 +8,7 @@ import type { JobService } from "./jobs/service.ts";
 import type { RelayHandle } from "./proxy/relay.ts";
 import type { BackendPool } from "./routing/pool.ts";
 import { InProcessScheduler, type SchedulerOptions } from "./scheduling/in-process.ts";
+import type { SlotBroker } from "./scheduling/broker.ts";
 import type { Scheduler } from "./scheduling/port.ts";
 import { InProcessBackendStore, logBreakerChange, type BackendBreakerChange, type BackendStateStore } from "./state/backend-state.ts";
 
@@ -45,6 +46,8 @@ export interface RuntimeOptions {
   onCooldown?: (backend: string, until: number) => void;
   /** Told of each breaker change, after it is logged and counted (a shared store passes it on). */
   onBreakerChange?: (change: BackendBreakerChange) => void;
+  /** Shares the backends' slots between replicas (Redis) for the in-process queue. */
+  broker?: SlotBroker;
 }
 
 /** The in-process scheduler's settings for a config version. */
@@ -96,7 +99,7 @@ export function createRuntime(options: RuntimeOptions = {}): GatewayRuntime {
       metrics.adopt(config);
       if (scheduler) return;
       if (inProcess) inProcess.usePool(pool, schedulerOptions(config, now));
-      else inProcess = new InProcessScheduler(store, pool, schedulerOptions(config, now));
+      else inProcess = new InProcessScheduler(store, pool, schedulerOptions(config, now), options.broker);
     },
     jwtVerifier(jwt) {
       const key = JSON.stringify(jwt);

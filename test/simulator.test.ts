@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { loadFixtures, type RunningSimulator, startSimulator } from "../adapters/node/simulator-server.ts";
+import { HAVE_SHARED_FIXTURES, needsFixtures } from "./harness/shared-fixtures.ts";
 
 let sim: RunningSimulator;
 
@@ -69,7 +70,7 @@ describe("simulator over HTTP", () => {
     expect(chunks.at(-1)).toMatchObject({ choices: [], model: "my-gpt", usage: { completion_tokens: 3 } });
   });
 
-  it("serves a recorded fixture byte for byte, one event per chunk", async () => {
+  it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("serves a recorded fixture byte for byte, one event per chunk"), async () => {
     const fixtures = await loadFixtures();
     const name = "aoai2.txt";
     const onDisk = await readFile(new URL("../../shared/fixtures/recorded/aoai2.txt", import.meta.url));

@@ -2,9 +2,9 @@ import { app } from "@azure/functions";
 import { createGateway } from "../../src/gateway.ts";
 import { InProcessRateLimiter } from "../../src/governance/limits.ts";
 import { createRuntime } from "../../src/runtime.ts";
+import { nodeCredentials } from "../node/managed-identity.ts";
 import { GatewayHolder, openNodeConfigSource } from "../node/reload.ts";
-import { backendStateSharing, sharedStateStatus } from "../node/redis-backend-state.ts";
-import { openNodeLimiter } from "../node/redis-limiter.ts";
+import { openSharedState } from "../node/shared-state.ts";
 import { nodeSinks } from "../node/sinks.ts";
 import { createUpstreamClient } from "../node/upstream.ts";
 import { createFunctionsHandler } from "./handler.ts";
@@ -28,13 +28,18 @@ const client = createUpstreamClient();
 const usage = nodeSinks(source.initial.config.metering.sinks);
 // What outlives config versions (backend state, the queue, budgets, metrics, the job service):
 // every gateway a reload builds gets this one runtime.
-// Budgets shared between instances through Redis when the config has state.redis (read once, at start).
-const sharedLimiter = await openNodeLimiter(source.initial.config);
-// Cooldowns and open breakers shared on the same connection: what one instance sees holds for all.
-const sharedBackends = backendStateSharing(sharedLimiter?.connection, () => runtime);
-const sharedState = sharedStateStatus(sharedLimiter?.connection);
-const runtime = createRuntime({ jobs: jobs?.service, limiter: sharedLimiter?.limiter ?? new InProcessRateLimiter(), onCooldown: sharedBackends.onCooldown, onBreakerChange: sharedBackends.onBreakerChange });
-const holder = new GatewayHolder((config, configStatus) => createGateway({ config, runtime, upstream: client.upstream, usageSinks: usage.sinks, configStatus, sharedState }), source.initial);
+// Budgets, cooldowns, breakers, slots and queue order shared between instances through Redis when
+// the config has state.redis (read once, at start).
+const shared = await openSharedState(source.initial.config, () => runtime);
+const runtime = createRuntime({ jobs: jobs?.service, ...shared.runtimeOptions, limiter: shared.runtimeOptions.limiter ?? new InProcessRateLimiter() });
+// Backend credentials: the config's keys, and managed-identity tokens cached across config versions.
+const credentials = nodeCredentials();
+const holder = new GatewayHolder((config, configStatus) => {
+  const gateway = createGateway({ config, runtime, upstream: client.upstream, usageSinks: usage.sinks, configStatus, sharedState: shared.status, credentials: credentials.factory });
+  void shared.adopted();
+  return gateway;
+}, source.initial);
+await shared.adopted();
 const follower = source.follow(holder);
 
 // One catch-all route; host.json sets an empty route prefix so client paths reach the core unchanged.
@@ -64,8 +69,8 @@ app.hook.appTerminate(async () => {
   follower?.close();
   await jobsClosed;
   holder.closeProfiles();
+  credentials.close();
   await client.close();
   await usage.close();
-  await sharedBackends.close();
-  await sharedLimiter?.close();
+  await shared.close();
 });

@@ -6,6 +6,7 @@ import { errorResponse } from "../../src/http/errors.ts";
 import type { ConfigStatus } from "../../src/config/holder.ts";
 import { JobService, type HandoffEvents, type JobPipeline, type JobSubmission } from "../../src/jobs/service.ts";
 import type { ClientSignal } from "../../src/types.ts";
+import { workersConfigProblems } from "./config-check.ts";
 import { ConfigVersions, KV_PROFILES_KEY, KvReadError, type ConfigEnv } from "./config-source.ts";
 import { delaySeconds, WorkersJobQueue, type JobQueueProducer } from "./job-queue.ts";
 import { WorkersJobStore, type JobStateNamespace, type R2BucketLike } from "./job-store.ts";
@@ -13,6 +14,8 @@ import { keptAlive, STALLED_BODY_MS, type WorkerContext } from "./lifetime.ts";
 import { DurableObjectRateLimiter, LIMITS_OBJECT, type LimiterNamespace } from "./limiter-client.ts";
 import { DurableObjectScheduler, poolKey, type SchedulerNamespace } from "./scheduler-client.ts";
 import { workerSinks } from "./sinks.ts";
+import { fetchWithDemoSimulators } from "./demo-simulator.ts";
+import { webUpstream } from "../../src/proxy/attempt.ts";
 
 /** The Durable Object classes wrangler binds as SCHEDULER, LIMITER and JOB_STATE: exported from the entry module. */
 export { SchedulerObject } from "./scheduler-object.ts";
@@ -58,11 +61,9 @@ function stalledMs(env: Env): number {
 const versions = new ConfigVersions<Gateway, Env>(build);
 
 function build(config: SluiceConfig, status: () => ConfigStatus, env: Env): Gateway {
-  if (config.jobs.store) {
-    throw new ConfigError([
-      `jobs.store: a "${config.jobs.store.type}" job store is not available on Workers; jobs are kept in the Worker's bindings JOBS (Queue), JOB_RESULTS (R2) and JOB_STATE (Durable Object), declared in wrangler.toml: remove jobs.store`,
-    ]);
-  }
+  // What a Worker cannot do (jobs.store, a managed identity): refused naming the field.
+  const problems = workersConfigProblems(config);
+  if (problems.length) throw new ConfigError(problems);
   if (config.profilesSource) {
     console.error(`sluice: profilesSource is followed by the Node gateway; on Workers put that document in SLUICE_CONFIG_KV under the key "${KV_PROFILES_KEY}" (ignored here)`);
   }
@@ -71,6 +72,8 @@ function build(config: SluiceConfig, status: () => ConfigStatus, env: Env): Gate
     runtime: runtimeFor(config, env),
     usageSinks: workerSinks(config.metering.sinks, env),
     configStatus: status,
+    // The global fetch, except for the demo's backends on *.sluice-simulator.invalid (demo-simulator.ts).
+    upstream: webUpstream(fetchWithDemoSimulators),
   });
 }
 

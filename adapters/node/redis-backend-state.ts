@@ -1,6 +1,6 @@
 /**
- * Backend state shared by every replica on one Redis (issue 13, CONTRACT §9), as far as it goes
- * today: cooldowns and open breakers. In-flight leases and latency stay per replica.
+ * Cooldowns and breakers shared by every replica on one Redis (issue 13, CONTRACT §9); slots,
+ * queue order and latency are shared by redis-slots.ts.
  *
  * - **Cooldowns.** A `retry-after` a backend gave one replica is honoured by all: the end time
  *   goes to `{prefix}cooldown:{backend}` (kept only if later than what is there, expiring with
@@ -19,7 +19,6 @@
  */
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
-import type { SharedStateStatus } from "../../src/ops.ts";
 import type { GatewayRuntime } from "../../src/runtime.ts";
 import type { BackendBreakerChange } from "../../src/state/backend-state.ts";
 import type { RedisConnection } from "./redis.ts";
@@ -173,10 +172,4 @@ export function backendStateSharing(
     },
     close: () => shared.close(),
   };
-}
-
-/** What /_gateway/health and /metrics say of the shared state on this connection (none without it). */
-export function sharedStateStatus(conn: RedisConnection | undefined): (() => SharedStateStatus) | undefined {
-  if (!conn) return undefined;
-  return () => ({ store: "redis", reachable: conn.healthy, error: conn.healthy ? null : (conn.lastError ?? "not connected"), shares: ["budgets", "cooldowns", "breakers"] });
 }

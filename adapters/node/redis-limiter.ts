@@ -299,6 +299,8 @@ export class RedisRateLimiter implements RateLimiter {
   }
 
   settle(reservation: Reservation, actualTokens: number): void {
+    // Nothing was reserved (no limit applies): nothing to send.
+    if (!reservation.scopes.length) return;
     if (this.local.has(reservation)) return this.fallback.settle(reservation, actualTokens);
     const actual = actualTokens >= 0 && Number.isFinite(actualTokens) ? actualTokens : reservation.tokens;
     const refund = reservation.tokens - actual;

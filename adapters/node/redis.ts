@@ -59,7 +59,7 @@ export function redactedUrl(url: string): string {
  * Opens the connection (in the background: use `ready` to wait for it). The client library is
  * loaded here, so a gateway without `state.redis` never loads it.
  */
-export async function openRedis(config: RedisStateConfig, options: RedisConnectionOptions = {}): Promise<RedisConnection> {
+export async function openRedis(config: Pick<RedisStateConfig, "url" | "keyPrefix">, options: RedisConnectionOptions = {}): Promise<RedisConnection> {
   const { Redis } = await import("ioredis");
   const maxBackoffMs = options.maxBackoffMs ?? 2_000;
   const redisOptions: RedisOptions = {

@@ -14,8 +14,8 @@ import { createRuntime } from "../../src/runtime.ts";
 import type { BodyBytes, ClientSignal } from "../../src/types.ts";
 import { configVersion, GatewayHolder } from "./reload.ts";
 import { openNodeJobs } from "./jobs.ts";
-import { backendStateSharing, sharedStateStatus } from "./redis-backend-state.ts";
-import { openNodeLimiter } from "./redis-limiter.ts";
+import { nodeCredentials } from "./managed-identity.ts";
+import { openSharedState } from "./shared-state.ts";
 import { nodeSinks } from "./sinks.ts";
 import { createUpstreamClient, readWhole } from "./upstream.ts";
 
@@ -196,18 +196,23 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
   const client = createUpstreamClient();
   const usage = nodeSinks(config.metering.sinks);
   const jobs = await openNodeJobs(config, overrides.jobsDirectory);
-  // Budgets shared between replicas through Redis (state.redis), else in-process; read once at start.
-  const limiter = await openNodeLimiter(config);
-  // Cooldowns and open breakers shared on the same connection: a retry-after or an open circuit seen here holds for every replica.
-  const sharedBackends = backendStateSharing(limiter?.connection, () => runtime);
-  const sharedState = sharedStateStatus(limiter?.connection);
-  const runtime = createRuntime({ jobs: jobs?.service, limiter: limiter?.limiter, onCooldown: sharedBackends.onCooldown, onBreakerChange: sharedBackends.onBreakerChange });
+  // Budgets, cooldowns, breakers, slots and queue order shared between replicas through Redis (state.redis), else in-process; read once at start.
+  const shared = await openSharedState(config, () => runtime);
+  const runtime = createRuntime({ jobs: jobs?.service, ...shared.runtimeOptions });
   // Read once at start, like server.port: a reload that changes it says it needs a restart.
   const operatorPort = overrides.operatorPort ?? config.server.operatorPort;
+  // Backend credentials: the config's keys, and managed-identity tokens cached across config versions.
+  const credentials = nodeCredentials();
   const holder = new GatewayHolder(
-    (cfg, configStatus) => createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, requestLine, usageSinks: usage.sinks, configStatus, operatorListener: operatorPort !== undefined, sharedState }),
+    (cfg, configStatus) => {
+      const gateway = createGateway({ config: cfg, runtime, upstream: client.upstream, readBody: readIncomingBody, clientSignal: socketCloseSignal, requestLine, usageSinks: usage.sinks, configStatus, operatorListener: operatorPort !== undefined, sharedState: shared.status, credentials: credentials.factory });
+      void shared.adopted();
+      return gateway;
+    },
     { config, version: overrides.version ?? configVersion(JSON.stringify(config)), origin: overrides.origin ?? "startup" },
   );
+  // The first version's backends hold their share of the slots before the first request.
+  await shared.adopted();
   const host = overrides.host ?? config.server.host;
   const refused = (requestId: string, status: number) => {
     const cfg = holder.config;
@@ -246,10 +251,10 @@ export async function startGatewayServer(config: SluiceConfig, overrides: Gatewa
     server.closeAllConnections();
     await closed;
     await jobsClosed;
+    credentials.close();
     await client.close();
     await usage.close();
-    await sharedBackends.close();
-    await limiter?.close();
+    await shared.close();
   };
   return {
     url: `http://${shownHost}:${port}`,

@@ -35,7 +35,7 @@ function rows(s: JsonSchemaNode, path: string, out: string[]): void {
     const isObject = variants.some((v) => v.properties);
     const def = prop.default !== undefined && !(typeof prop.default === "object" && !Array.isArray(prop.default)) ? `\`${JSON.stringify(prop.default)}\`` : required.has(name) ? "required" : "";
     if (!isObject || prop.description) {
-      out.push(`| \`${p}\` | ${isObject ? "object" : typeOf(prop)} | ${def} | ${(prop.description ?? "").replaceAll("|", "\\|")} |`);
+      out.push(`| \`${p}\` | ${isObject ? (prop.type === "array" ? "object[]" : "object") : typeOf(prop)} | ${def} | ${(prop.description ?? "").replaceAll("|", "\\|")} |`);
     }
     const prefix = prop.type === "array" ? `${p}[]` : p;
     for (const v of variants) if (v.properties && !(nested?.anyOf)) rows(v, variants.length > 1 ? `${prefix}{${typeOf(v.properties.type ?? {})}}` : prefix, out);

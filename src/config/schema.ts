@@ -52,6 +52,21 @@ const backendAuth = z.discriminatedUnion("type", [
       token: z.string().min(1).describe("Sent as Authorization: Bearer <token>."),
     })
     .strict(),
+  z
+    .object({
+      type: z.literal("managed-identity").describe("An Entra ID token of the Azure managed identity the gateway runs as, sent as Authorization: Bearer <token>; cached and renewed before it expires. Node and Azure Functions only (refused on Workers)."),
+      clientId: z
+        .string()
+        .regex(/^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$/, "a client id is a GUID (8-4-4-4-12 hex digits)")
+        .optional()
+        .describe("Client id of a user-assigned identity. Omitted: the system-assigned identity."),
+      scope: z
+        .string()
+        .regex(/^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^\s/?#]+[^\s]*$/, "a scope is a URI such as https://cognitiveservices.azure.com/.default or api://<app id>/.default")
+        .default("https://cognitiveservices.azure.com/.default")
+        .describe("The token's scope (one). Default: https://cognitiveservices.azure.com/.default (Azure OpenAI, AI Foundry)."),
+    })
+    .strict(),
   z.object({ type: z.literal("none").describe("Send no credentials.") }).strict(),
 ]);
 
@@ -92,7 +107,7 @@ const backend = z
       .string()
       .optional()
       .describe("api-version used when an OpenAI-path request is sent to an azure-openai or apim backend."),
-    auth: backendAuth.optional().describe("Credentials the gateway sends. Omitted: none."),
+    auth: backendAuth.optional().describe("Credentials the gateway sends: an API key, a bearer token, or a managed identity's token (Node, Azure Functions). Omitted: none."),
     passThrough: z
       .boolean()
       .default(false)
@@ -406,6 +421,15 @@ const server = z
     shutdownGraceMs: durationMs(3_600_000, 0)
       .default(30_000)
       .describe("On SIGTERM: time in-flight requests get to finish before connections are closed."),
+    workers: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .default(1)
+      .describe(
+        "Node: gateway processes on this machine behind the one port (Node's cluster module), e.g. 2 on a 2-vCPU container. More than 1 needs `state.redis`, so the processes share one capacity (slots, budgets, cooldowns, breakers, queue order), and a shared job store (`jobs.store.azure`) or none. Read at start.",
+      ),
     maxBodyBytes: z
       .number()
       .int()
@@ -481,11 +505,16 @@ const state = z
           .regex(/^[A-Za-z0-9:._-]+$/, "letters, digits and : . _ - only")
           .default("sluice:")
           .describe("Prefix of every key the gateway writes (one per deployment sharing a Redis). Every key expires on its own."),
+        leaseMs: durationMs(600_000, 1000)
+          .default(10_000)
+          .describe(
+            "How long the backend slots a replica holds outlive it: each replica renews them every quarter of this, and the slots of one that stops (killed, or cut off from Redis) go to the others within this time.",
+          ),
       })
       .strict()
       .optional()
       .describe(
-        "Node and Azure Functions: share the token and request budgets of `limits` between every replica through this Redis (reserved and settled atomically, one budget for all replicas), backend cooldowns (a Retry-After seen by one replica is honoured by all) and open breakers (open on every replica; the replica that opened it sends the one half-open probe). While Redis is unreachable each replica falls back to its own budgets, cooldowns and breakers, with a warning. In-flight leases (`maxConcurrency`), latency and queue order are still per replica. Read at start; a reload does not change it. Workers share these through their Durable Objects instead.",
+        "Node and Azure Functions: every replica (and every `server.workers` process) shares one capacity through this Redis: backend slots (`maxConcurrency` holds across replicas), who is served next when a slot frees (priority level, then arrival, across replicas), the token and request budgets of `limits` (reserved and settled atomically), backend cooldowns (a Retry-After seen by one replica is honoured by all), breakers (one half-open probe in all) and latency averages. While Redis is unreachable each replica falls back to its own slots, queue, budgets, cooldowns and breakers, with a warning, and resumes sharing when it is back. One non-clustered endpoint. Read at start; a reload does not change it. Workers share these through their Durable Objects instead.",
       ),
   })
   .strict();
@@ -576,6 +605,11 @@ export const configSchema = z
     const d = cfg.priorities.default;
     if (typeof d === "string" && !(d in cfg.priorities.levels)) {
       ctx.addIssue({ code: "custom", path: ["priorities", "default"], message: `unknown priority "${d}"` });
+    }
+    if (cfg.server.workers > 1) {
+      // Processes that do not share state would each allow every limit in full.
+      if (!cfg.state?.redis) ctx.addIssue({ code: "custom", path: ["server", "workers"], message: "more than one worker needs state.redis: the processes share slots, budgets and cooldowns through it" });
+      if (cfg.jobs.store?.type === "directory") ctx.addIssue({ code: "custom", path: ["server", "workers"], message: "more than one worker cannot share a directory job store (one process per directory): use jobs.store.azure" });
     }
   });
 

@@ -6,6 +6,7 @@
  */
 import type { UsageEvent, UsageSink } from "../metering/events.ts";
 import type { BreakerState } from "../resilience/breaker.ts";
+import type { SharedStateStatus } from "../ops.ts";
 import type { SchedulerStats } from "../scheduling/port.ts";
 import { type Counter, type Histogram, OVERFLOW_LABEL_VALUE, PROMETHEUS_CONTENT_TYPE, Registry } from "./registry.ts";
 
@@ -37,7 +38,7 @@ export interface MetricsState {
   backends: readonly BackendMetricsState[];
   queue: Pick<SchedulerStats, "waiting" | "levels">;
   /** Shared state between replicas, when configured: reachable now or not. */
-  sharedState?: { reachable: boolean };
+  sharedState?: Pick<SharedStateStatus, "reachable" | "backends">;
 }
 
 export interface GatewayMetricsOptions {
@@ -187,6 +188,12 @@ export class GatewayMetrics implements UsageSink {
     });
     r.gauge("sluice_shared_state_up", "1 while the state shared between replicas (Redis) is reachable, 0 while each replica runs on its own; absent without shared state.", [], (sample) => {
       if (this.state?.sharedState) sample([], this.state.sharedState.reachable ? 1 : 0);
+    });
+    r.gauge("sluice_backend_in_flight_all_replicas", "Requests in flight per backend on every replica together (shared state; as of its last renewal).", ["backend"], (sample) => {
+      for (const b of this.state?.sharedState?.backends ?? []) sample([b.backend], b.inFlight);
+    });
+    r.gauge("sluice_backend_slots_held", "Slots of maxConcurrency this replica holds per backend, when replicas share them.", ["backend"], (sample) => {
+      for (const b of this.state?.sharedState?.backends ?? []) sample([b.backend], b.slotsHere);
     });
     r.gauge("sluice_backend_cooling_down", "1 while the backend is in cooldown after a 429/503, else 0.", ["backend"], (sample) => {
       for (const b of this.state?.backends ?? []) sample([b.name], b.coolingDown ? 1 : 0);

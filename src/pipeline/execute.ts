@@ -96,17 +96,27 @@ export async function execute(ctx: ExecuteContext, ex: Exchange, input: ExecuteI
       continue;
     }
     const backend = target.backend;
-    const pending = backend.credentials.ready();
-    if (pending) await pending;
 
     /** The attempt failed without an answer to pass on: its backend is not tried again for this request. */
-    const failed = (a: { status: number; error: string; ms: number }) => {
-      ex.endAttempt({ verdict: "failure" });
+    const failed = (a: { status: number; error: string; ms: number }, verdict: "failure" | "abandoned" = "failure") => {
+      ex.endAttempt({ verdict });
       roundCooling = false;
       attempts.push({ backend: backend.name, ...a });
       tried.push(backend.name);
       budget--;
     };
+    const pending = backend.credentials.ready();
+    if (pending) {
+      const waitedFrom = now();
+      try {
+        await pending;
+      } catch (err) {
+        // No credentials for it now (a token that cannot be fetched; the wait is bounded): fail
+        // over like a connection error. Not the backend's fault, so its breaker is not told.
+        failed({ status: 502, error: `no credentials for the backend: ${(err as Error).message}`, ms: now() - waitedFrom }, "abandoned");
+        continue;
+      }
+    }
     const send = () =>
       sendAttempt(
         ctx.upstream,

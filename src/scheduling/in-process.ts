@@ -3,6 +3,7 @@ import type { Backend } from "../routing/backend.ts";
 import type { BackendPool } from "../routing/pool.ts";
 import type { BackendStateStore } from "../state/backend-state.ts";
 import { later, type Timer } from "../timers.ts";
+import type { SlotBroker, Waiting } from "./broker.ts";
 import { Heap } from "./heap.ts";
 import type { LevelStats, QueuePlace, Scheduler, SchedulerStats, SlotDecision, SlotRelease, SlotRequest } from "./port.ts";
 
@@ -131,11 +132,14 @@ export class InProcessScheduler implements Scheduler {
   private pool: BackendPool;
   private poolVersion = 0;
   private options: SchedulerOptions;
+  private demandQueued = false;
 
   constructor(
     private readonly store: BackendStateStore,
     pool: BackendPool,
     options: SchedulerOptions,
+    /** Shares the backends' slots with other replicas (Redis); without it they are all this process's. */
+    private readonly broker?: SlotBroker,
   ) {
     this.pool = pool;
     this.options = options;
@@ -218,7 +222,63 @@ export class InProcessScheduler implements Scheduler {
     if (!b) return;
     const now = this.options.now();
     b.release(outcome.verdict, now, this.options.latencyAlpha, outcome.ttfbMs, outcome.cooldownUntil);
+    // Before the local queue looks: the slot may belong to a more urgent waiter on another replica.
+    this.broker?.released(name, this.nextFor(name));
     this.dispatch();
+  }
+
+  /**
+   * What waits here for backends that have no slot free here, per backend: the waiter the
+   * queue would serve next (level, arrival) and how many wait. Requests parked for a cooldown
+   * are not counted: no slot would serve them now.
+   */
+  demand(): Map<string, Waiting> {
+    const out = new Map<string, Waiting>();
+    if (!this.waiting) return out;
+    const now = this.options.now();
+    for (const lane of this.lanes.values()) {
+      const head = lane.waiting ? lane.nextLevel()?.heap.peek() : undefined;
+      if (!head) continue;
+      let queued = 0;
+      for (const l of lane.levels.values()) queued += l.heap.size;
+      for (const b of lane.eligible) {
+        if (lane.tried.has(b) || b.unavailable(now) !== "busy" || !b.live.atLimit()) continue;
+        const seen = out.get(b.name);
+        const mine: Waiting = { level: head.level.level, since: head.place.enqueuedAt, count: queued };
+        if (!seen) out.set(b.name, mine);
+        else {
+          if (head.level.level < seen.level || (head.level.level === seen.level && mine.since < seen.since)) {
+            seen.level = mine.level;
+            seen.since = mine.since;
+          }
+          seen.count += queued;
+        }
+      }
+    }
+    return out;
+  }
+
+  /** The local waiter a free slot on `name` would go to, if any. */
+  private nextFor(name: string): Waiting | undefined {
+    if (!this.waiting) return undefined;
+    let best: Waiter | undefined;
+    for (const lane of this.lanes.values()) {
+      if (!lane.waiting) continue;
+      const head = lane.nextLevel()?.heap.peek();
+      if (!head || (best && (head.level.level > best.level.level || (head.level.level === best.level.level && head.place.enqueuedAt >= best.place.enqueuedAt)))) continue;
+      if (lane.eligible.some((b) => b.name === name && !lane.tried.has(b))) best = head;
+    }
+    return best && { level: best.level.level, since: best.place.enqueuedAt, count: 1 };
+  }
+
+  /** Tells the broker what waits, once per turn of the event loop however many changes came. */
+  private noteDemand(): void {
+    if (!this.broker || this.demandQueued) return;
+    this.demandQueued = true;
+    queueMicrotask(() => {
+      this.demandQueued = false;
+      this.broker!.demand(this.demand());
+    });
   }
 
   refresh(): void {
@@ -353,6 +413,7 @@ export class InProcessScheduler implements Scheduler {
       this.finish(w, { kind: "granted", backend: backend.name, queuedMs, place: w.place }, true);
     }
     this.armWake(now);
+    this.noteDemand();
   }
 
   private finish(w: Waiter, decision: SlotDecision, alreadyPopped = false): void {
@@ -368,6 +429,7 @@ export class InProcessScheduler implements Scheduler {
     w.lane.waiting--;
     this.levelStat(w.level.level).waiting--;
     if (!w.lane.waiting) this.lanes.delete(w.lane.key);
+    this.noteDemand();
     w.resolve(decision);
   }
 }

@@ -16,6 +16,7 @@ export class SimState {
   private received = 0;
   private requests: ReceivedRequest[] = [];
   private open = 0;
+  private peakOpen = 0;
   private cancelled = 0;
   private completed = 0;
   // Bodies started before a reset() must not move the counters of the next test.
@@ -41,6 +42,7 @@ export class SimState {
   trackBody(): BodyTracker {
     const generation = this.generation;
     this.open += 1;
+    if (this.open > this.peakOpen) this.peakOpen = this.open;
     const settle = (count: () => void) => () => {
       if (generation !== this.generation) return;
       this.open -= 1;
@@ -59,6 +61,7 @@ export class SimState {
       received: this.received,
       requests: this.requests.slice(),
       open: this.open,
+      peakOpen: this.peakOpen,
       cancelled: this.cancelled,
       completed: this.completed,
     };
@@ -69,6 +72,7 @@ export class SimState {
     this.received = 0;
     this.requests = [];
     this.open = 0;
+    this.peakOpen = 0;
     this.cancelled = 0;
     this.completed = 0;
     this.queue = [];

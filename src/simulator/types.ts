@@ -43,6 +43,8 @@ export interface SimulatorStats {
   requests: ReceivedRequest[];
   /** Response bodies still streaming. */
   open: number;
+  /** The most response bodies streaming at once since the last reset: the concurrency the backend saw. */
+  peakOpen: number;
   /** Response bodies cancelled by the client (disconnect). */
   cancelled: number;
   /** Response bodies delivered to the end. */

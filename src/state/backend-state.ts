@@ -31,6 +31,11 @@ export class BackendLive {
   /** The newest config version's limit: every version's requests are held to it. */
   maxConcurrency = Number.POSITIVE_INFINITY;
   /**
+   * The slots of `maxConcurrency` this replica holds when replicas share them (Redis): its
+   * leases never exceed it. Undefined without shared state, or while it is unreachable.
+   */
+  share: number | undefined;
+  /**
    * Back from a cooldown but not yet answered: one request (the probe) goes first, and only its
    * answer lets the others follow — no herd of waiters against a deployment that may still throttle.
    */
@@ -52,8 +57,13 @@ export class BackendLive {
   unavailable(now: number): Unavailability | undefined {
     if (this.cooldownUntil > now) return "cooling";
     if (!this.breaker.canPass(now)) return "open";
-    if (this.inFlight >= this.maxConcurrency || (this.recovering && this.probeOut)) return "busy";
+    if (this.atLimit() || (this.recovering && this.probeOut)) return "busy";
     return undefined;
+  }
+
+  /** Every slot this replica may use is taken (its share of them, when replicas share them). */
+  atLimit(): boolean {
+    return this.inFlight >= (this.share === undefined ? this.maxConcurrency : Math.min(this.maxConcurrency, this.share));
   }
 
   /** When a backend that cannot take requests now may again by itself (a cooldown's end, a breaker's half-open); undefined when a release decides. */
@@ -117,13 +127,15 @@ export interface BackendTerms {
 /**
  * The backend-state store: one BackendLive per backend name, kept across config versions.
  * In-process on Node and Azure Functions (one per process), in the Durable Object on Workers.
- * The queue (scheduling/) reads and leases through it; a shared store (Redis) stands behind the
- * same interface later.
+ * The queue (scheduling/) reads and leases through it; with Redis, a slot broker
+ * (scheduling/broker.ts) sets each backend's `share` of the slots every replica shares.
  */
 export interface BackendStateStore {
   /** The state of `terms.name`, created on first sight; a newer version's terms replace the old ones. */
   attach(terms: BackendTerms): BackendLive;
   get(name: string): BackendLive | undefined;
+  /** Every backend's state seen so far (shared state renews and reports them). */
+  all(): IterableIterator<BackendLive>;
   /** Round-robin cursors, per priority group, kept across versions too. */
   cursor(key: string): { next: number };
 }
@@ -150,6 +162,10 @@ export class InProcessBackendStore implements BackendStateStore {
 
   get(name: string): BackendLive | undefined {
     return this.live.get(name);
+  }
+
+  all(): IterableIterator<BackendLive> {
+    return this.live.values();
   }
 
   cursor(key: string): { next: number } {

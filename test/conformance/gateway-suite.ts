@@ -6,6 +6,7 @@
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { StartGateway } from "../harness/types.ts";
+import { HAVE_SHARED_FIXTURES, needsFixtures } from "../harness/shared-fixtures.ts";
 import {
   azureBackend,
   azurePath,
@@ -217,7 +218,7 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway, 
         expect(lastRequest(oa).body).toBe(body);
       });
 
-      it("bytes are identical both ways: odd request body in, aoai2.txt stream out (Azure path)", async () => {
+      it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("bytes are identical both ways: odd request body in, aoai2.txt stream out (Azure path)"), async () => {
         // Odd spacing, escapes, non-ASCII and an emoji; no "model" (Azure takes it from the URL).
         const body =
           '{ "messages" :[ {"role":"system","content":"Tu es un assistant \\u00e9l\\u00e9gant."},\n\t{"role": "user" , "content":"h\u00e9llo \u2014 \u65e5\u672c\u8a9e \ud83d\ude80 \\"quoted\\" \\n"}],' +
@@ -231,7 +232,7 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway, 
         expect(r.bytes.equals(expected), "response bytes equal aoai2.txt").toBe(true);
       });
 
-      it("bytes are identical both ways: odd request body in, openAI.txt stream out (OpenAI path)", async () => {
+      it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("bytes are identical both ways: odd request body in, openAI.txt stream out (OpenAI path)"), async () => {
         const body =
           '{"model":"gpt-4o-mini",   "messages":[{"role":"user","content":"\u00c7a va? \u00fc\u00f1\u00ee\u00e7\u00f8d\u00e9 \ud83e\udd16\\t\\u0041"}],\r\n' +
           '"stream": true, "stream_options": {"include_usage": true}, "max_tokens":  1e3 }';
@@ -646,7 +647,7 @@ export function gatewayConformance(runtime: string, startGateway: StartGateway, 
 
     // -----------------------------------------------------------------------------------------
     describe("streams", () => {
-      it("a stream failing after its first byte: the client gets the 5 events sent, then an SSE error event, no [DONE], no replay", async () => {
+      it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("a stream failing after its first byte: the client gets the 5 events sent, then an SSE error event, no [DONE], no replay"), async () => {
         const { gw, b1, b2 } = await primaryAndSpare();
         b1.sim.script([{ reset: 5 }]);
         const res = await gw.fetch(azurePath("gpt-4o"), { body: chatBody({ stream: true }), headers: { "x-sim-fixture": "aoai2.txt" } });

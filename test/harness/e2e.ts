@@ -51,5 +51,5 @@ export async function eventedGateway(input: SluiceConfigInput): Promise<EventedG
 
 export const chatBody = (model = "gpt-4o", extra: Record<string, unknown> = {}) => JSON.stringify({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 8, ...extra });
 
-export const post = (url: string, body: string, headers: Record<string, string> = {}) =>
-  fetch(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+export const post = (url: string, body: string, headers: Record<string, string> = {}, signal?: AbortSignal) =>
+  fetch(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body, signal });

@@ -4,19 +4,16 @@
  * waits in its queue; a new process on the same store finishes both. Once with the embedded directory store, once with Azure Blob + Storage Queue
  * on Azurite (where the new process is another replica as far as the store knows).
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { startSimulator, type RunningSimulator } from "../../adapters/node/simulator-server.ts";
 import type { SluiceConfigInput } from "../../src/config/schema.ts";
 import { useAzurite } from "../harness/azurite.ts";
-import { freePort, processCwd } from "../harness/node.ts";
+import { freePort, gatewayProcess, processCwd } from "../harness/node.ts";
 import { until } from "../harness/until.ts";
 
-const root = fileURLToPath(new URL("../..", import.meta.url));
 const CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
 const azurite = useAzurite();
 
@@ -26,21 +23,10 @@ afterEach(async () => {
   cleanup = [];
 });
 
-/** The `sluice` command in a process of its own, on a config file; resolves once it listens. */
-async function gatewayProcess(configFile: string, cwd: string): Promise<{ child: ChildProcess; exited: Promise<unknown> }> {
-  // Node itself with tsx's loader (not the tsx wrapper, whose child would outlive a SIGKILL).
-  const loader = pathToFileURL(join(root, "node_modules/tsx/dist/loader.mjs")).href;
-  const child = spawn(process.execPath, ["--import", loader, join(root, "adapters/node/main.ts"), "--config", configFile], { cwd, stdio: ["ignore", "pipe", "pipe"] });
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  cleanup.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-    await exited;
-  });
-  let out = "";
-  child.stdout!.on("data", (d) => (out += d));
-  child.stderr!.on("data", (d) => (out += d));
-  await until("the gateway listening", () => out.includes("listening on"), 20_000, 50);
-  return { child, exited };
+async function startProcess(configFile: string, cwd: string) {
+  const p = await gatewayProcess(configFile, cwd);
+  cleanup.push(p.kill);
+  return p;
 }
 
 async function restartScenario(store: SluiceConfigInput["jobs"], signal: "SIGKILL" | "SIGTERM" = "SIGKILL"): Promise<void> {
@@ -64,7 +50,7 @@ async function restartScenario(store: SluiceConfigInput["jobs"], signal: "SIGKIL
   const cwd = processCwd();
   cleanup.push(() => rmSync(cwd, { recursive: true, force: true }));
 
-  const first = await gatewayProcess(file, cwd);
+  const first = await startProcess(file, cwd);
   const submit = async (user: string) => {
     const r = await fetch(url + CHAT, {
       method: "POST",
@@ -85,7 +71,7 @@ async function restartScenario(store: SluiceConfigInput["jobs"], signal: "SIGKIL
   await first.exited;
   await expect(fetch(url + "/liveness")).rejects.toThrow();
 
-  await gatewayProcess(file, cwd);
+  await startProcess(file, cwd);
   for (const id of [running, queued]) await until(`job ${id} succeeded after the restart`, async () => (await status(id)) === "succeeded", 30_000, 100);
   // The running job ran again (at least once): the backend saw it twice, the queued one once.
   const users = b.sim.stats().requests.map((r) => (JSON.parse(r.body) as { user: string }).user);

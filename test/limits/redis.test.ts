@@ -131,11 +131,21 @@ describe("redis limiter: the same budgets as the in-process limiter", () => {
 
   it("parses the state section: redis:// and rediss:// URLs, a bounded prefix, nothing else", () => {
     const backends = [{ name: "b", url: "http://127.0.0.1:1", kind: "openai" as const, models: ["m"] }];
-    expect(parseConfig({ backends, state: { redis: { url: "rediss://:secret@cache.example:6380" } } }).state?.redis).toEqual({ url: "rediss://:secret@cache.example:6380", keyPrefix: "sluice:" });
+    expect(parseConfig({ backends, state: { redis: { url: "rediss://:secret@cache.example:6380" } } }).state?.redis).toEqual({ url: "rediss://:secret@cache.example:6380", keyPrefix: "sluice:", leaseMs: 10_000 });
     expect(parseConfig({ backends }).state).toBeUndefined();
     expect(() => parseConfig({ backends, state: { redis: { url: "http://cache.example" } } })).toThrow(/redis/);
     expect(() => parseConfig({ backends, state: { redis: { url: "redis://x", keyPrefix: "a".repeat(65) } } })).toThrow();
     expect(() => parseConfig({ backends, state: { redis: { url: "redis://x", other: 1 } } } as never)).toThrow();
+    expect(() => parseConfig({ backends, state: { redis: { url: "redis://x", leaseMs: 500 } } })).toThrow(/leaseMs/);
+  });
+
+  it("server.workers above 1 needs state.redis and no directory job store", () => {
+    const backends = [{ name: "b", url: "http://127.0.0.1:1", kind: "openai" as const, models: ["m"] }];
+    expect(() => parseConfig({ backends, server: { workers: 2 } })).toThrow(/more than one worker needs state\.redis/);
+    expect(() => parseConfig({ backends, server: { workers: 2 }, state: { redis: { url: "redis://x" } }, jobs: { store: { type: "directory" } } })).toThrow(/directory job store/);
+    expect(parseConfig({ backends, server: { workers: 2 }, state: { redis: { url: "redis://x" } } }).server.workers).toBe(2);
+    expect(parseConfig({ backends }).server.workers).toBe(1);
+    expect(() => parseConfig({ backends, server: { workers: 0 } })).toThrow();
   });
 });
 

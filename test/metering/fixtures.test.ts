@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { ResponseMeter } from "../../src/metering/meter.ts";
 import type { Usage } from "../../src/metering/usage.ts";
+import { HAVE_SHARED_FIXTURES, needsFixtures } from "../harness/shared-fixtures.ts";
 
 const dir = new URL("../../../shared/fixtures/recorded/", import.meta.url);
 const load = (name: string) => new Uint8Array(readFileSync(new URL(name, dir)));
@@ -66,7 +67,7 @@ function randomlySplit(bytes: Uint8Array, seed: number): Uint8Array[] {
 }
 
 const SPLITS = 16;
-const SSE_FIXTURES = Object.keys(EXPECTED).filter((name) => isSse(load(name)));
+const SSE_FIXTURES = HAVE_SHARED_FIXTURES ? Object.keys(EXPECTED).filter((name) => isSse(load(name))) : [];
 const utf8 = new TextDecoder();
 const toBytes = (text: string) => new TextEncoder().encode(text);
 /** The recorded stream with its line ends as recorded (LF), as CRLF, and as CR. */
@@ -120,7 +121,7 @@ function meter(bytes: Uint8Array, chunks: Uint8Array[]) {
   return { usage: m.usage(), passed: Buffer.concat(passed) };
 }
 
-describe("metering the recorded provider responses", () => {
+describe.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("metering the recorded provider responses"), () => {
   for (const [name, expected] of Object.entries(EXPECTED)) {
     it(`${name}: exactly its numbers, delivered whole or in small oddly split chunks, bytes untouched`, () => {
       const bytes = load(name);

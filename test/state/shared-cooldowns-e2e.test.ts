@@ -79,7 +79,7 @@ describe("cooldowns shared between replicas through Redis", () => {
     const a = await eventedGateway(replicaConfig(ptu.url, payg.url, prefix));
     const b = await eventedGateway(replicaConfig(ptu.url, payg.url, prefix));
     const health = async (url: string) => (await (await fetch(`${url}/_gateway/health`)).json()) as { status: string; sharedState: { store: string; reachable: boolean; shares: string[] } };
-    expect(await health(a.url)).toMatchObject({ status: "ok", sharedState: { store: "redis", reachable: true, shares: ["budgets", "cooldowns", "breakers"] } });
+    expect(await health(a.url)).toMatchObject({ status: "ok", sharedState: { store: "redis", reachable: true, shares: ["budgets", "cooldowns", "breakers", "slots", "queue order", "latency"] } });
     await redis().stop();
     try {
       // Degraded, still serving: health and /metrics say so.

@@ -11,6 +11,7 @@ import OpenAI from "openai";
 import { describe, expect, it } from "vitest";
 import { errorResponse, streamErrorEvent, type AttemptRecord } from "../../src/http/errors.ts";
 import { exhaustedResponse } from "../../src/proxy/exhaustion.ts";
+import { HAVE_SHARED_FIXTURES, needsFixtures } from "../harness/shared-fixtures.ts";
 
 const dir = new URL("../../../shared/fixtures/recorded/", import.meta.url);
 const recorded = (name: string) => readFileSync(new URL(name, dir), "utf8");
@@ -126,7 +127,7 @@ describe("Anthropic clients (/v1/messages)", () => {
 
   const stream = () => broken(recorded("anthropoc-claude-sonnet-4.txt"), streamErrorEvent("messages", "b1"));
 
-  it("a recorded stream cut mid-way: create({stream:true}) yields the events, then throws the gateway's error", async () => {
+  it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("a recorded stream cut mid-way: create({stream:true}) yields the events, then throws the gateway's error"), async () => {
     const got: string[] = [];
     const err = await rejection(
       (async () => {
@@ -143,7 +144,7 @@ describe("Anthropic clients (/v1/messages)", () => {
     expect(e.errorCode).toBe("stream_interrupted");
   });
 
-  it("a recorded stream cut mid-way: messages.stream() rejects finalMessage with the gateway's error", async () => {
+  it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("a recorded stream cut mid-way: messages.stream() rejects finalMessage with the gateway's error"), async () => {
     const s = client(network(sse(stream())).fetch).messages.stream({ model: "claude-sonnet-4", max_tokens: 64, messages: [{ role: "user", content: "haiku" }] });
     let text = "";
     s.on("text", (t) => (text += t));
@@ -174,8 +175,8 @@ function withTail(text: string, tail: Uint8Array): Uint8Array<ArrayBuffer> {
   return out;
 }
 
-describe("Responses API clients", () => {
-  const { text, next } = responsesStream();
+describe.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("Responses API clients"), () => {
+  const { text, next } = HAVE_SHARED_FIXTURES ? responsesStream() : { text: "", next: 0 };
   const body = () => withTail(text, streamErrorEvent("responses", "b1", next));
 
   it("the event is the Responses API's own error event, numbered one past the last", () => {
@@ -236,7 +237,7 @@ describe("Responses API clients", () => {
 describe("OpenAI chat clients", () => {
   const body = () => broken(recorded("aoai2.txt"), streamErrorEvent("chat", "b1"));
 
-  it("the openai SDK's chat stream yields the recorded chunks, then throws the gateway's message", async () => {
+  it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("the openai SDK's chat stream yields the recorded chunks, then throws the gateway's message"), async () => {
     const c = new OpenAI({ apiKey: "x", fetch: network(sse(body())).fetch, maxRetries: 0 });
     let text = "";
     const err = await rejection(
@@ -253,7 +254,7 @@ describe("OpenAI chat clients", () => {
     expect(e.type).toBe("sluice_error");
   });
 
-  it("the AI SDK's chat model surfaces the gateway's message too", async () => {
+  it.skipIf(!HAVE_SHARED_FIXTURES)(needsFixtures("the AI SDK's chat model surfaces the gateway's message too"), async () => {
     const { fetch } = network(sse(body()));
     const result = streamText({ model: createOpenAI({ fetch, apiKey: "x" }).chat("gpt-4.1"), prompt: "joke", maxRetries: 0, onError: () => {} });
     let message = "";
